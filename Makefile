@@ -1,0 +1,119 @@
+# retinanet: the MLPerf Inference RetinaNet benchmark through the official reference
+# harness of mlcommons/inference, with the fixes it needs. `make help` lists everything.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+##@ Settings (defaults; override on the command line, e.g. make eval COUNT=1000 DEVICE=gpu)
+
+## Python of the environment (.venv, else python3 on PATH)
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+## dataset folder: the downloader's root (annotations/, validation/data/)
+DATA_DIR ?= data/openimages-mlperf
+## where make dataset writes
+DIR ?= $(DATA_DIR)
+## make dataset: this many distinct images (empty: all 24,781)
+MAX ?=
+## folder holding resnext50_32x4d_fpn.pth
+MODEL_DIR ?= models
+## the TorchScript model file itself
+MODEL ?= $(MODEL_DIR)/resnext50_32x4d_fpn.pth
+## cpu, gpu, or auto (gpu when torch sees one)
+DEVICE ?= auto
+## make perf: Offline, Server, SingleStream or MultiStream
+SCENARIO ?= Offline
+## images to use (empty: the whole dataset)
+COUNT ?=
+## harness --max-batchsize (empty: upstream default, 32)
+BATCH_SIZE ?=
+## harness --threads, worker threads (empty: one per core)
+THREADS ?=
+## harness --qps: target QPS for Server/Offline
+QPS ?=
+## harness --time: run this many seconds (not for a submission)
+TIME ?=
+## LoadGen user.conf (empty: upstream's)
+USER_CONF ?=
+## more flags for upstream python/main.py, e.g. --samples-per-query 8
+HARNESS_ARGS ?=
+## every run gets a new folder in here
+RESULTS_DIR ?= results
+## preprocessed images (float32 .npy, 7.7 MB each)
+CACHE_DIR ?= cache
+## make setup: PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126
+TORCH_INDEX_URL ?=
+## make setup: venv (.venv) or conda (env 'retinanet' from retinanet.yaml)
+ENV_KIND ?= venv
+## make test: extra pytest arguments, e.g. -k patches
+PYTEST_ARGS ?=
+
+RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE='$(DEVICE)' \
+	SCENARIO='$(SCENARIO)' COUNT='$(COUNT)' BATCH_SIZE='$(BATCH_SIZE)' THREADS='$(THREADS)' \
+	QPS='$(QPS)' TIME='$(TIME)' USER_CONF='$(USER_CONF)' HARNESS_ARGS='$(HARNESS_ARGS)' \
+	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)'
+HARNESS := vendor/inference/vision/classification_and_detection
+
+##@ Setup
+
+.PHONY: setup
+setup: ## Environment, upstream at the pin, patches, LoadGen; safe to run again
+	ENV_KIND='$(ENV_KIND)' TORCH_INDEX_URL='$(TORCH_INDEX_URL)' ./setup.sh
+
+.PHONY: loadgen
+loadgen: ## Install and verify the LoadGen wheel of the pinned upstream
+	ENV_KIND='$(ENV_KIND)' ./setup.sh loadgen
+
+.PHONY: patch
+patch: ## Apply the patch series to vendor/inference (finishes a half-applied one)
+	python3 -m retinanet.patch_series apply
+
+.PHONY: unpatch
+unpatch: ## Revert the patch series from vendor/inference
+	python3 -m retinanet.patch_series revert
+
+.PHONY: check-patches
+check-patches: ## Lint the series and check it applies and reverts on the pinned upstream
+	python3 -m retinanet.patch_series check
+
+##@ Benchmark
+
+.PHONY: dataset
+dataset: ## Download the OpenImages MLPerf validation set into DIR (MAX=N for a subset)
+	python3 -m retinanet.patch_series verify >/dev/null
+	mkdir -p '$(DIR)'
+	dir=$$(cd '$(DIR)' && pwd) && python=$$(command -v '$(PYTHON)') && \
+	cd $(HARNESS)/tools && PATH=$$(dirname "$$python"):$$PATH \
+	./openimages_mlperf.sh --dataset-path "$$dir" $(if $(MAX),--max-images $(MAX))
+
+.PHONY: eval
+eval: ## Accuracy run: LoadGen AccuracyOnly, then mAP against the 37.17 target
+	$(RUN_SETTINGS) ./run_eval.sh accuracy
+
+.PHONY: perf
+perf: ## Performance run in SCENARIO: LoadGen's VALID/INVALID, samples/s or latency
+	$(RUN_SETTINGS) ./run_eval.sh performance
+
+##@ Development
+
+.PHONY: test
+test: ## Set up what the tests need, then run them
+	ENV_KIND='$(ENV_KIND)' ./setup.sh env
+	./setup.sh upstream || echo "make test: upstream cannot be reached; tests that need it are skipped"
+	if [ -e vendor/inference/.git ]; then ENV_KIND='$(ENV_KIND)' ./setup.sh patch loadgen; fi
+	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
+
+.PHONY: clean
+clean: ## Delete the preprocessed cache (results/ and datasets are kept)
+	rm -rf '$(CACHE_DIR)'
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN { FS = ":.*## " } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5); next } \
+	  /^## / { doc = substr($$0, 4); next } \
+	  /^[A-Z_]+ \?=/ && doc != "" { split($$0, words, " "); name = words[1]; value = $$0; sub(/^[A-Z_]+ \?= ?/, "", value); \
+	    printf "  \033[36m%-15s\033[0m %s (default: %s)\n", name, doc, (value == "" ? "empty" : value) } \
+	  /^[a-zA-Z_-]+:.*## / { printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2 } \
+	  { doc = "" }' $(MAKEFILE_LIST)

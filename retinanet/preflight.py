@@ -1,0 +1,101 @@
+"""Check a run's inputs before the harness starts, and say what to do when one is wrong.
+
+Prints shell assignments for run_eval.sh: the resolved device, the image count and the
+cache key. Exits 2 with one line per problem.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+from retinanet import ANNOTATIONS, IMAGE_DIR
+
+
+def dataset_problems(data_dir, count):
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return [f"DATA_DIR={data_dir} does not exist: point it at the folder 'make dataset DIR=...' wrote"], 0
+    annotations = data_dir / ANNOTATIONS
+    if not annotations.is_file():
+        hint = "the folder 'make dataset DIR=...' wrote, which holds annotations/ and validation/"
+        if (data_dir.parent.parent / ANNOTATIONS).is_file():
+            hint = f"its dataset root, DATA_DIR={data_dir.parent.parent}"
+        return [f"DATA_DIR={data_dir} has no {ANNOTATIONS}: point DATA_DIR at {hint}"], 0
+    try:
+        images = json.loads(annotations.read_text())["images"]
+    except (ValueError, KeyError) as error:
+        return [f"{annotations} is not an OpenImages-MLPerf COCO file ({error}): run 'make dataset' again"], 0
+    if not images:
+        return [f"{annotations} lists no images"], 0
+    image_dir = data_dir / IMAGE_DIR if (data_dir / IMAGE_DIR).is_dir() else data_dir
+    wanted = images[:count] if count else images
+    # The harness silently skips a missing image, which shifts every later image in the
+    # accuracy log onto the wrong annotations: refuse instead.
+    missing = [image["file_name"] for image in wanted if not (image_dir / image["file_name"]).is_file()]
+    if missing:
+        return [f"{len(missing)} of {len(wanted)} images are missing from {image_dir}, first {missing[0]}: "
+                "rerun 'make dataset' to fetch them"], len(wanted)
+    return [], len(wanted)
+
+
+def model_problems(model):
+    model = Path(model)
+    if not model.is_file():
+        return [f"MODEL={model} not found: download it with 'make model DIR=...', "
+                "or set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth"]
+    if not zipfile.is_zipfile(model):
+        return [f"MODEL={model} is not a TorchScript archive (a .pth zip file): is the download complete?"]
+    return []
+
+
+def resolve_device(device):
+    """cpu, gpu or auto (gpu when torch sees one); a gpu asked for must exist."""
+    if device not in ("auto", "cpu", "gpu"):
+        return None, [f"DEVICE={device} is not one of: auto, cpu, gpu"]
+    if device == "cpu":
+        return "cpu", []
+    import torch
+
+    if torch.cuda.is_available():
+        return "gpu", []
+    if device == "auto":
+        return "cpu", []
+    built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return None, [f"DEVICE=gpu but torch {torch.__version__} ({built}) sees no CUDA GPU: "
+                  "check nvidia-smi and the driver, reinstall torch for your CUDA "
+                  "(make setup TORCH_INDEX_URL=...), or run with DEVICE=cpu"]
+
+
+def cache_key(data_dir):
+    """Upstream keys its cache by file name only; key the folder by dataset path and annotations."""
+    digest = hashlib.sha256(os.path.realpath(data_dir).encode())
+    digest.update((Path(data_dir) / ANNOTATIONS).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--count", type=int, default=0)
+    args = parser.parse_args()
+
+    problems, images = dataset_problems(args.data_dir, args.count)
+    problems += model_problems(args.model)
+    device, device_problems = resolve_device(args.device)
+    problems += device_problems
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    print(f"DEVICE={device}")
+    print(f"IMAGES={images}")
+    print(f"CACHE_KEY={cache_key(args.data_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# One benchmark run through the upstream reference harness (run_local.sh), into a new
+# folder under RESULTS_DIR that no other run shares.
+#
+#   run_eval.sh accuracy      LoadGen AccuracyOnly, then tools/accuracy-openimages.py: mAP
+#   run_eval.sh performance   LoadGen PerformanceOnly: VALID/INVALID, samples/s or latency
+#
+# Settings come from the environment; the Makefile passes its variables (make help):
+#   DATA_DIR MODEL_DIR MODEL DEVICE SCENARIO COUNT BATCH_SIZE THREADS QPS TIME
+#   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+HARNESS=$ROOT/vendor/inference/vision/classification_and_detection
+MAP_TARGET=37.1745 # 99% of the reference mAP 37.55
+
+fail_reason=
+die() {
+  fail_reason=$*
+  echo "run_eval: error: $*" >&2
+  exit 2
+}
+
+mode=${1:-}
+case $mode in
+  accuracy | performance) ;;
+  *) die "usage: run_eval.sh accuracy|performance" ;;
+esac
+SCENARIO=${SCENARIO:-Offline}
+case $SCENARIO in
+  Offline | Server | SingleStream | MultiStream) ;;
+  *) die "SCENARIO=$SCENARIO is not one of: Offline, Server, SingleStream, MultiStream" ;;
+esac
+for name in COUNT BATCH_SIZE THREADS QPS TIME; do
+  value=${!name:-}
+  [[ -z $value || $value =~ ^[1-9][0-9]*$ ]] || die "$name=$value is not a positive whole number"
+done
+[ -n "${DATA_DIR:-}" ] || die "DATA_DIR is not set: point it at the folder 'make dataset DIR=...' wrote"
+MODEL=${MODEL:-${MODEL_DIR:+$MODEL_DIR/resnext50_32x4d_fpn.pth}}
+[ -n "$MODEL" ] || die "set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth, or MODEL to the file"
+USER_CONF=${USER_CONF:-$HARNESS/user.conf}
+
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+PYTHON=$(command -v "$PYTHON") || die "PYTHON=$PYTHON not found: run 'make setup'"
+[[ $PYTHON == /* ]] || PYTHON=$ROOT/$PYTHON
+# run_local.sh calls python3 from PATH: make it the environment's.
+PATH=$(dirname "$PYTHON"):$PATH
+
+"$PYTHON" -m retinanet.patch_series verify >/dev/null || exit 2
+[ -f "$USER_CONF" ] || die "USER_CONF=$USER_CONF not found"
+checked=$("$PYTHON" -m retinanet.preflight --data-dir "$DATA_DIR" --model "$MODEL" \
+  --device "${DEVICE:-auto}" --count "${COUNT:-0}") || exit 2
+eval "$checked" # DEVICE IMAGES CACHE_KEY
+DATA_DIR=$(cd "$DATA_DIR" && pwd)
+MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")
+CACHE_DIR=${CACHE_DIR:-cache}
+mkdir -p "$CACHE_DIR/$CACHE_KEY"
+CACHE_DIR=$(cd "$CACHE_DIR" && pwd)
+
+# A new folder per run: mkdir fails rather than reuse one another run made.
+RESULTS_DIR=${RESULTS_DIR:-results}
+mkdir -p "$RESULTS_DIR"
+base=$RESULTS_DIR/$(date -u +%Y%m%d-%H%M%S)-$mode-$SCENARIO-$DEVICE
+run_dir=$base
+for n in $(seq 2 100); do
+  mkdir "$run_dir" 2>/dev/null && break
+  run_dir=$base-$n
+done
+[ -d "$run_dir" ] || die "could not create a run folder under $RESULTS_DIR"
+run_dir=$(cd "$run_dir" && pwd)
+cp "$USER_CONF" "$run_dir/user.conf"
+
+args=(--scenario "$SCENARIO" --model "$MODEL" --user_conf "$run_dir/user.conf"
+  --cache_dir "$CACHE_DIR/$CACHE_KEY")
+[ "$mode" = accuracy ] && args+=(--accuracy)
+[ -n "${COUNT:-}" ] && args+=(--count "$COUNT")
+[ -n "${BATCH_SIZE:-}" ] && args+=(--max-batchsize "$BATCH_SIZE")
+[ -n "${THREADS:-}" ] && args+=(--threads "$THREADS")
+[ -n "${QPS:-}" ] && args+=(--qps "$QPS")
+[ -n "${TIME:-}" ] && args+=(--time "$TIME")
+read -r -a extra <<<"${HARNESS_ARGS:-}"
+args+=(${extra[@]+"${extra[@]}"})
+
+finished=
+on_exit() {
+  local status=$?
+  if [ -z "$finished" ]; then
+    local reason=${fail_reason:-"exited with status $status"}
+    [ "$status" -ge 128 ] && reason="interrupted by signal $((status - 128))"
+    "$PYTHON" -m retinanet.run_record finish "$run_dir" --status failed --reason "$reason" || true
+    echo "run_eval: run failed ($reason); its folder is $run_dir" >&2
+  fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$PYTHON" -m retinanet.run_record start "$run_dir" \
+  --setting "mode=$mode" --setting "scenario=$SCENARIO" --setting "device=$DEVICE" \
+  --setting "count=${COUNT:-}" --setting "batch_size=${BATCH_SIZE:-}" --setting "threads=${THREADS:-}" \
+  --setting "qps=${QPS:-}" --setting "time=${TIME:-}" --setting "user_conf=$USER_CONF" \
+  --setting "model=$MODEL" --setting "data_dir=$DATA_DIR" --setting "images=$IMAGES" \
+  --setting "cache_dir=$CACHE_DIR/$CACHE_KEY" \
+  -- ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}"
+
+echo "run_eval: $mode run, $SCENARIO, $DEVICE, $IMAGES images -> $run_dir"
+(cd "$HARNESS" && OUTPUT_DIR=$run_dir DATA_DIR=$DATA_DIR MODEL_DIR=$(dirname "$MODEL") \
+  ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}") 2>&1 | tee "$run_dir/harness.log"
+
+# The harness logs a model's exception and answers the query empty: that is a failure.
+if failures=$(grep -c "thread: failed on contentid" "$run_dir/harness.log"); then
+  die "the model raised on $failures queries: $(grep -m1 'thread: failed on contentid' "$run_dir/harness.log")"
+fi
+
+if [ "$mode" = accuracy ]; then
+  "$PYTHON" "$HARNESS/tools/accuracy-openimages.py" \
+    --mlperf-accuracy-file "$run_dir/mlperf_log_accuracy.json" --openimages-dir "$DATA_DIR" \
+    --output-file "$run_dir/openimages-results.json" 2>&1 | tee "$run_dir/accuracy.txt"
+  map=$(sed -n 's/^mAP=\([0-9.]*\)%$/\1/p' "$run_dir/accuracy.txt" | tail -n 1)
+  [ -n "$map" ] || die "tools/accuracy-openimages.py printed no mAP; see $run_dir/accuracy.txt"
+  verdict=$(awk -v m="$map" -v t="$MAP_TARGET" 'BEGIN { print (m >= t) ? "meets" : "is below" }')
+  echo
+  echo "mAP $map% on $IMAGES images: $verdict the MLPerf target $MAP_TARGET% (99% of 37.55%)"
+else
+  echo
+  grep -E "^(Scenario|Mode|Result is|Samples per second|Completed samples per second|Scheduled samples per second|[0-9.]+ percentile latency|Mean latency|  (Min duration|Min queries|Early stopping) satisfied|Early Stopping Result)" \
+    "$run_dir/mlperf_log_summary.txt" || die "no LoadGen summary in $run_dir"
+fi
+finished=yes
+"$PYTHON" -m retinanet.run_record finish "$run_dir" --status completed
+echo "run folder: $run_dir"

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Put in place everything a run needs. Safe to run again: each step checks first and
+# does nothing when its work is already done.
+#
+#   ./setup.sh              all steps, in this order
+#   ./setup.sh STEP...      upstream | patch | env | loadgen
+#
+#   upstream  vendor/inference at the pinned commit (the submodule's gitlink), as a
+#             sparse, blob-filtered checkout of the folders the overlay uses
+#   patch     the patch series in patches/
+#   env       the Python environment: .venv (default), or the conda env 'retinanet'
+#             from retinanet.yaml with ENV_KIND=conda
+#   loadgen   the mlcommons-loadgen wheel of the pinned upstream's loadgen/VERSION.txt
+#
+# Environment: ENV_KIND=venv|conda, VENV (default .venv), TORCH_INDEX_URL (a PyTorch
+# wheel index, e.g. https://download.pytorch.org/whl/cu126 for an older CUDA driver).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+UPSTREAM=vendor/inference
+SPARSE_PATHS=(vision/classification_and_detection loadgen)
+ENV_KIND=${ENV_KIND:-venv}
+VENV=${VENV:-.venv}
+CONDA_ENV=retinanet
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
+
+say() { echo "setup: $*"; }
+die() {
+  echo "setup: error: $*" >&2
+  exit 1
+}
+
+env_python() {
+  case $ENV_KIND in
+    venv) echo "$VENV/bin/python" ;;
+    conda) conda run -n "$CONDA_ENV" python -c 'import sys; print(sys.executable)' ;;
+    *) die "ENV_KIND=$ENV_KIND is not one of: venv, conda" ;;
+  esac
+}
+
+step_upstream() {
+  local pin url head output
+  pin=$(git ls-files --stage -- "$UPSTREAM" | awk '$1 == "160000" { print $2 }')
+  [ -n "$pin" ] || die "$UPSTREAM is not a submodule in this checkout: clone the project with git"
+  url=$(git config -f .gitmodules "submodule.$UPSTREAM.url")
+  if [ ! -e "$UPSTREAM/.git" ]; then
+    if [ -n "$(ls -A "$UPSTREAM" 2>/dev/null)" ]; then
+      die "$UPSTREAM holds files but no git checkout: move them away and run setup again"
+    fi
+    say "cloning $url into $UPSTREAM (sparse: ${SPARSE_PATHS[*]})"
+    git submodule init -- "$UPSTREAM" >/dev/null 2>&1
+    if ! output=$(git clone --quiet --filter=blob:none --no-checkout "$url" "$UPSTREAM" 2>&1); then
+      echo "$output" | sed 's/^/  /' >&2
+      rm -rf "$UPSTREAM"
+      die "could not clone $url. Without a network, point git at a local mirror:
+  git config --global url.<mirror path>.insteadOf $url
+  git config --global protocol.file.allow always
+then run 'make setup' again (README, 'Working offline')."
+    fi
+    git -C "$UPSTREAM" sparse-checkout set --cone "${SPARSE_PATHS[@]}"
+    git -C "$UPSTREAM" -c advice.detachedHead=false checkout --quiet --detach "$pin" ||
+      die "the pinned commit $pin is not in $url"
+    git submodule absorbgitdirs -- "$UPSTREAM" >/dev/null 2>&1
+    say "upstream at ${pin:0:12}"
+    return
+  fi
+  head=$(git -C "$UPSTREAM" rev-parse HEAD)
+  if [ "$head" != "$pin" ]; then
+    die "$UPSTREAM is at ${head:0:12}, not at the pinned ${pin:0:12}. Run 'make unpatch' while the
+old series still matches, then 'git -C $UPSTREAM checkout --detach $pin' (fetch first if it is missing)."
+  fi
+  if [ "$(git -C "$UPSTREAM" sparse-checkout list 2>/dev/null | sort)" != "$(printf '%s\n' "${SPARSE_PATHS[@]}" | sort)" ]; then
+    git -C "$UPSTREAM" sparse-checkout set --cone "${SPARSE_PATHS[@]}"
+  fi
+  say "upstream at ${pin:0:12}: up to date"
+}
+
+step_patch() {
+  python3 -m retinanet.patch_series apply | sed 's/^/setup: /'
+}
+
+step_env() {
+  local stamp want python
+  want=$(cat requirements.txt retinanet.yaml | sha256sum | cut -c1-16)-${TORCH_INDEX_URL:-pypi}
+  case $ENV_KIND in
+    venv)
+      stamp=$VENV/.retinanet-requirements
+      if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        say "environment $VENV: up to date"
+        return
+      fi
+      [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" || die "python3 -m venv failed: install python3-venv"
+      python=$VENV/bin/python
+      if [ -n "$TORCH_INDEX_URL" ]; then
+        say "installing torch and torchvision from $TORCH_INDEX_URL"
+        "$python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" \
+          $(grep -E '^(torch|torchvision)==' requirements.txt)
+      fi
+      say "installing requirements.txt into $VENV (a few minutes the first time)"
+      "$python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+      echo "$want" >"$stamp"
+      ;;
+    conda)
+      command -v conda >/dev/null || die "ENV_KIND=conda but conda is not on PATH"
+      python=$(env_python 2>/dev/null || true)
+      stamp=${python%/bin/python}/.retinanet-requirements
+      if [ -n "$python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        say "conda env $CONDA_ENV: up to date"
+        return
+      fi
+      if [ -n "$python" ]; then
+        conda env update --quiet -n "$CONDA_ENV" -f retinanet.yaml --prune
+      else
+        conda env create --quiet -f retinanet.yaml
+      fi
+      python=$(env_python)
+      if [ -n "$TORCH_INDEX_URL" ]; then
+        "$python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" \
+          $(grep -E '^(torch|torchvision)==' requirements.txt)
+      fi
+      echo "$want" >"${python%/bin/python}/.retinanet-requirements"
+      ;;
+    *) die "ENV_KIND=$ENV_KIND is not one of: venv, conda" ;;
+  esac
+  say "environment ready: $python"
+}
+
+step_loadgen() {
+  local python want have
+  python=$(env_python)
+  [ -f "$UPSTREAM/loadgen/VERSION.txt" ] || die "$UPSTREAM/loadgen/VERSION.txt missing: run './setup.sh upstream' first"
+  want=$(tr -d '[:space:]' <"$UPSTREAM/loadgen/VERSION.txt")
+  have=$("$python" -c 'import importlib.metadata as m; print(m.version("mlcommons-loadgen"))' 2>/dev/null || true)
+  if [ "$have" != "$want" ]; then
+    say "installing mlcommons-loadgen==$want (the LoadGen of the pinned upstream)"
+    "$python" -m pip install --quiet --disable-pip-version-check "mlcommons-loadgen==$want"
+  fi
+  "$python" -c "
+import importlib.metadata as m, mlperf_loadgen
+assert m.version('mlcommons-loadgen') == '$want', m.version('mlcommons-loadgen')
+mlperf_loadgen.TestSettings()
+" || die "mlperf_loadgen does not import at version $want in $python"
+  say "LoadGen $want: imports"
+}
+
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(upstream patch env loadgen)
+for step in "${steps[@]}"; do
+  case $step in
+    upstream | patch | env | loadgen) "step_$step" ;;
+    *) die "unknown step '$step': use upstream, patch, env or loadgen" ;;
+  esac
+done
