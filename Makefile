@@ -46,6 +46,8 @@ CACHE_DIR ?= cache
 TORCH_INDEX_URL ?=
 ## make setup: venv (.venv) or conda (env 'retinanet' from retinanet.yaml)
 ENV_KIND ?= venv
+## make demo: where the generated dataset, models and runs go
+DEMO_DIR ?= demo
 ## make test: extra pytest arguments, e.g. -k patches
 PYTEST_ARGS ?=
 
@@ -95,6 +97,31 @@ eval: ## Accuracy run: LoadGen AccuracyOnly, then mAP against the 37.17 target
 perf: ## Performance run in SCENARIO: LoadGen's VALID/INVALID, samples/s or latency
 	$(RUN_SETTINGS) ./run_eval.sh performance
 
+##@ Demo (no downloads: a generated dataset and generated models)
+
+DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json
+DEMO_MODELS = $(DEMO_DIR)/models
+
+.PHONY: demo
+demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%) and a short Offline perf run
+	$(MAKE) eval DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/oracle' RESULTS_DIR='$(DEMO_DIR)/results' \
+	  DEVICE=cpu BATCH_SIZE=2 COUNT= USER_CONF=conf/demo-user.conf | tee '$(DEMO_DIR)/eval.log'
+	$(MAKE) perf DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/random-weights' RESULTS_DIR='$(DEMO_DIR)/results' \
+	  DEVICE=cpu SCENARIO=Offline BATCH_SIZE=1 THREADS=1 COUNT=3 USER_CONF=conf/demo-user.conf | tee '$(DEMO_DIR)/perf.log'
+	@echo
+	@echo "== demo: oracle detector on $(DEMO_DIR)/data (a perfect model must score 100%)"
+	@sed -n '/^mAP [0-9.]*% on/p; /^run folder:/p' '$(DEMO_DIR)/eval.log'
+	@echo "== demo: real architecture, random weights, Offline performance (3 samples)"
+	@sed -n '/^Result is/p; /^Samples per second/p; /^run folder:/p' '$(DEMO_DIR)/perf.log'
+
+$(DEMO_DATA): retinanet/demo_data.py retinanet/classes.py
+	rm -rf '$(DEMO_DIR)/data.tmp'
+	$(PYTHON) -m retinanet.demo_data --out '$(DEMO_DIR)/data.tmp'
+	rm -rf '$(DEMO_DIR)/data' && mv '$(DEMO_DIR)/data.tmp' '$(DEMO_DIR)/data'
+
+$(DEMO_MODELS)/%/resnext50_32x4d_fpn.pth: $(DEMO_DATA) retinanet/demo_models.py
+	$(PYTHON) -W ignore -m retinanet.demo_models --data '$(DEMO_DIR)/data' --out '$(DEMO_MODELS)' --models $*
+
 ##@ Development
 
 .PHONY: test
@@ -105,8 +132,8 @@ test: ## Set up what the tests need, then run them
 	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
 
 .PHONY: clean
-clean: ## Delete the preprocessed cache (results/ and datasets are kept)
-	rm -rf '$(CACHE_DIR)'
+clean: ## Delete the preprocessed cache and the demo (results/, datasets and models are kept)
+	rm -rf '$(CACHE_DIR)' '$(DEMO_DIR)'
 
 .PHONY: help
 help: ## Show this help

@@ -119,13 +119,13 @@ if [ "$mode" = accuracy ]; then
   map=$(sed -n 's/^mAP=\([0-9.]*\)%$/\1/p' "$run_dir/accuracy.txt" | tail -n 1)
   [ -n "$map" ] || die "tools/accuracy-openimages.py printed no mAP; see $run_dir/accuracy.txt"
   verdict=$(awk -v m="$map" -v t="$MAP_TARGET" 'BEGIN { print (m >= t) ? "meets" : "is below" }')
-  echo
-  echo "mAP $map% on $IMAGES images: $verdict the MLPerf target $MAP_TARGET% (99% of 37.55%)"
+  echo "mAP $map% on $IMAGES images: $verdict the MLPerf target $MAP_TARGET% (99% of 37.55%)" >"$run_dir/result.txt"
 else
-  echo
   grep -E "^(Scenario|Mode|Result is|Samples per second|Completed samples per second|Scheduled samples per second|[0-9.]+ percentile latency|Mean latency|  (Min duration|Min queries|Early stopping) satisfied|Early Stopping Result)" \
-    "$run_dir/mlperf_log_summary.txt" || die "no LoadGen summary in $run_dir"
+    "$run_dir/mlperf_log_summary.txt" >"$run_dir/result.txt" || die "no LoadGen summary in $run_dir"
 fi
 finished=yes
 "$PYTHON" -m retinanet.run_record finish "$run_dir" --status completed
+echo
+cat "$run_dir/result.txt"
 echo "run folder: $run_dir"

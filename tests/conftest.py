@@ -1,0 +1,106 @@
+"""Shared fixtures: the real upstream checkout, a generated dataset and models, and a way
+to run `make` the way a user does."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM
+
+PYTHON = sys.executable
+DEMO_USER_CONF = PROJECT_ROOT / "conf" / "demo-user.conf"
+
+
+def upstream_missing():
+    if (HARNESS / "python" / "main.py").exists():
+        return None
+    return ("upstream not reachable: vendor/inference is not checked out; run 'make setup' "
+            "or point git at a mirror (README, 'Working offline')")
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    reason = upstream_missing()
+    if reason:
+        print(f"\nSKIP: {reason}")
+        pytest.skip(reason)
+    return UPSTREAM
+
+
+@pytest.fixture(scope="session")
+def demo(upstream, tmp_path_factory):
+    """A 12-image dataset in the downloader's layout, the oracles and the random-weights model."""
+    from retinanet import demo_data, demo_models
+
+    root = tmp_path_factory.mktemp("demo")
+    coco = demo_data.generate(root / "data", num_images=12, seed=0)
+    models = {}
+    for name in demo_models.ORACLE_VARIANTS:
+        models[name] = demo_models.save_torchscript(
+            demo_models.build_oracle(coco, name), root / "models" / name / demo_models.MODEL_FILE)
+    models["random-weights"] = demo_models.save_torchscript(
+        demo_models.build_random_retinanet(), root / "models" / "random-weights" / demo_models.MODEL_FILE)
+    return {"root": root, "data": root / "data", "coco": coco, "models": models}
+
+
+def make(target, *settings, check=True, cwd=PROJECT_ROOT):
+    """Run `make TARGET KEY=VALUE...` and return the completed process (stdout+stderr in .stdout)."""
+    proc = subprocess.run(["make", target, f"PYTHON={PYTHON}", *settings], cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"make {target} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc
+
+
+@pytest.fixture
+def run(tmp_path):
+    """make eval/perf into a fresh results and cache folder; returns (process, run folder)."""
+    def _run(target, data, model, *settings, check=True):
+        proc = make(target, f"DATA_DIR={data}", f"MODEL={model}", f"RESULTS_DIR={tmp_path / 'results'}",
+                    f"CACHE_DIR={tmp_path / 'cache'}", "DEVICE=cpu", *settings, check=check)
+        match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
+        return proc, Path(match.group(1)) if match else None
+    return _run
+
+
+@pytest.fixture
+def project_copy(upstream, tmp_path):
+    """The project's files in a new git repository, with its own clone of upstream at the pin:
+    a place to break things without touching this checkout."""
+    copy = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "vendor", "results", "cache", "demo", "data", "models", "__pycache__", ".pytest_cache"))
+    pin = subprocess.run(["git", "ls-files", "--stage", "vendor/inference"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()[1]
+    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    subprocess.run(["git", "update-index", "--add", "--cacheinfo", f"160000,{pin},vendor/inference"],
+                   cwd=copy, check=True)
+    clone = copy / "vendor" / "inference"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(UPSTREAM), str(clone)], check=True,
+                   capture_output=True)
+    subprocess.run(["git", "sparse-checkout", "set", "--cone", "vision/classification_and_detection", "loadgen"],
+                   cwd=clone, check=True)
+    subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", pin],
+                   cwd=clone, check=True)
+    return copy
+
+
+def git_state(repo):
+    """What `git status` and HEAD say: equal before and after means nothing changed."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    return status, head, diff
+
+
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+
+
+def pytest_configure(config):
+    # TorchScript is the official model's format; its deprecation notice is not our news.
+    config.addinivalue_line("filterwarnings", r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")

@@ -1,0 +1,104 @@
+"""End to end through the real harness, real LoadGen and the real accuracy tool: the oracle
+proves the coordinate pipeline, negative controls prove the test can fail, and the
+real-architecture model runs both modes."""
+import json
+import re
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from retinanet import ANNOTATIONS
+from retinanet.demo_models import oracle_detections
+
+from conftest import DEMO_USER_CONF
+
+
+def harness_map(run_dir):
+    """mAP in percent from the harness's own finalize, at full precision."""
+    return json.loads((run_dir / "results.json").read_text())["TestScenario.Offline"]["mAP"]
+
+
+def tool_map(run_dir):
+    """mAP in percent as tools/accuracy-openimages.py prints it (3 decimals)."""
+    return float(re.search(r"^mAP=([0-9.]+)%$", (run_dir / "accuracy.txt").read_text(), re.M).group(1))
+
+
+def accuracy_run(run, demo, model, *settings):
+    proc, run_dir = run("eval", demo["data"], demo["models"][model], "BATCH_SIZE=2", *settings)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    return proc, run_dir
+
+
+def test_oracle_scores_100_in_harness_and_accuracy_tool(run, demo):
+    proc, run_dir = accuracy_run(run, demo, "oracle")
+    assert harness_map(run_dir) == pytest.approx(100.0, abs=1e-9)
+    assert tool_map(run_dir) == 100.0
+    assert "mAP 100.000% on 12 images: meets the MLPerf target 37.1745% (99% of 37.55%)" in proc.stdout
+    assert run_dir.parent.name == "results" and run_dir.name.endswith("-accuracy-Offline-cpu")
+
+
+@pytest.mark.parametrize("variant", ["oracle-label-plus-one", "oracle-xywh", "oracle-unscaled"])
+def test_wrong_conventions_score_about_zero(run, demo, variant):
+    proc, run_dir = accuracy_run(run, demo, variant)
+    assert harness_map(run_dir) < 5.0
+    assert tool_map(run_dir) < 5.0
+    assert "is below the MLPerf target" in proc.stdout
+
+
+def test_perturbed_oracle_matches_pycocotools_directly(run, demo):
+    _, run_dir = accuracy_run(run, demo, "oracle-perturbed")
+
+    coco = demo["coco"]
+    detections = []
+    for image, dets in zip(coco["images"], oracle_detections(coco, "oracle-perturbed")):
+        sx, sy = image["width"] / 800, image["height"] / 800
+        for box, score, label in dets:
+            x0, y0, x1, y1 = np.float32(box)  # the model's output precision
+            detections.append({"image_id": image["id"], "category_id": label, "score": float(np.float32(score)),
+                               "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy]})
+    truth = COCO(str(demo["data"] / ANNOTATIONS))
+    evaluation = COCOeval(truth, truth.loadRes(detections), iouType="bbox")
+    evaluation.params.imgIds = [image["id"] for image in coco["images"]]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    expected = 100.0 * evaluation.stats[0]
+
+    assert 20.0 < expected < 90.0, "the perturbation should neither break nor spare the oracle"
+    assert harness_map(run_dir) == pytest.approx(expected, abs=1e-6)
+    assert tool_map(run_dir) == pytest.approx(expected, abs=5e-4)
+
+
+def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run, demo):
+    _, run_dir = accuracy_run(run, demo, "random-weights", "COUNT=2", "BATCH_SIZE=1", "THREADS=1")
+    log = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    assert sorted(entry["qsl_idx"] for entry in log) == [0, 1]
+    for entry in log:
+        values = np.frombuffer(bytes.fromhex(entry["data"]), np.float32).reshape(-1, 7)
+        assert len(values) > 0
+        boxes = values[:, 1:5]  # ymin, xmin, ymax, xmax in [0, 1]
+        assert (boxes >= -1e-3).all() and (boxes <= 1 + 1e-3).all()
+        assert ((values[:, 6] >= 0) & (values[:, 6] < 264)).all()
+
+
+def test_random_weights_model_offline_performance_is_valid(run, demo):
+    proc, run_dir = run("perf", demo["data"], demo["models"]["random-weights"], "SCENARIO=Offline",
+                        "COUNT=2", "BATCH_SIZE=1", "THREADS=1", f"USER_CONF={DEMO_USER_CONF}")
+    summary = (run_dir / "mlperf_log_summary.txt").read_text()
+    assert "Scenario : Offline" in summary and "Mode     : PerformanceOnly" in summary
+    assert "Result is : VALID" in summary
+    assert re.search(r"^Samples per second: [0-9.]+$", proc.stdout, re.M)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed"
+    assert record["settings"]["scenario"] == "Offline"
+    assert record["upstream"]["commit"] == "6776245e99dce0600cfc9a6fb61efd310f87de3d"
+    assert (run_dir / "user.conf").read_text() == DEMO_USER_CONF.read_text()
+
+
+def test_each_run_gets_its_own_folder(run, demo):
+    _, first = accuracy_run(run, demo, "oracle", "COUNT=3")
+    _, second = accuracy_run(run, demo, "oracle", "COUNT=3")
+    assert first != second and first.parent == second.parent
+    assert (first / "mlperf_log_accuracy.json").exists() and (second / "mlperf_log_accuracy.json").exists()
