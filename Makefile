@@ -8,8 +8,8 @@ MAKEFLAGS += --no-print-directory
 
 ##@ Settings (defaults; override on the command line, e.g. make eval COUNT=1000 DEVICE=gpu)
 
-## Python of the environment (.venv, else python3 on PATH)
-PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+## Python of the environment: .venv's, or with ENV_KIND=conda the python3 of the active env
+PYTHON ?= $(if $(filter conda,$(ENV_KIND)),python3,.venv/bin/python)
 ## dataset folder: the downloader's root (annotations/, validation/data/)
 DATA_DIR ?= data/openimages-mlperf
 ## where make dataset writes

@@ -40,7 +40,7 @@ MODEL=${MODEL:-${MODEL_DIR:+$MODEL_DIR/resnext50_32x4d_fpn.pth}}
 [ -n "$MODEL" ] || die "set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth, or MODEL to the file"
 USER_CONF=${USER_CONF:-$HARNESS/user.conf}
 
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+PYTHON=${PYTHON:-.venv/bin/python}
 PYTHON=$(command -v "$PYTHON") || die "PYTHON=$PYTHON not found: run 'make setup'"
 [[ $PYTHON == /* ]] || PYTHON=$ROOT/$PYTHON
 # run_local.sh calls python3 from PATH: make it the environment's.
