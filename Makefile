@@ -26,10 +26,22 @@ DEVICE ?= auto
 SCENARIO ?= Offline
 ## images to use (empty: the whole dataset)
 COUNT ?=
-## harness --max-batchsize (empty: upstream default, 32)
-BATCH_SIZE ?=
-## harness --threads, worker threads (empty: one per core)
-THREADS ?=
+## harness --max-batchsize; auto: 1 on a CPU, 16 on a GPU
+BATCH_SIZE ?= auto
+## harness --threads, worker threads; auto: 1 on a CPU, 2 on a GPU
+THREADS ?= auto
+## fp32, bf16 or fp16 (autocast); auto: bf16 on a CPU, fp16 on a GPU
+PRECISION ?= auto
+## 1: model and inputs in channels_last memory format; auto: 1
+CHANNELS_LAST ?= auto
+## 1: torch.jit.freeze + optimize_for_inference the TorchScript model; auto: 0
+FREEZE ?= auto
+## torch intra-op threads (empty: torch's default, one per core)
+INTRA_THREADS ?=
+## none: preprocess as LoadGen loads; uint8: also keep a compact cache; float32: upstream's cache
+IMAGE_CACHE ?= none
+## accuracy runs not in plain fp32: compare with fp32 on this many images (0: off)
+GUARD_IMAGES ?= 8
 ## harness --qps: target QPS for Server/Offline
 QPS ?=
 ## harness --time: run this many seconds (not for a submission)
@@ -40,7 +52,7 @@ USER_CONF ?=
 HARNESS_ARGS ?=
 ## every run gets a new folder in here
 RESULTS_DIR ?= results
-## preprocessed images (float32 .npy, 7.7 MB each)
+## preprocessed images for IMAGE_CACHE=uint8 (1.9 MB each) or float32 (7.7 MB each)
 CACHE_DIR ?= cache
 ## make setup: PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126
 TORCH_INDEX_URL ?=
@@ -54,6 +66,8 @@ PYTEST_ARGS ?=
 RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE='$(DEVICE)' \
 	SCENARIO='$(SCENARIO)' COUNT='$(COUNT)' BATCH_SIZE='$(BATCH_SIZE)' THREADS='$(THREADS)' \
 	QPS='$(QPS)' TIME='$(TIME)' USER_CONF='$(USER_CONF)' HARNESS_ARGS='$(HARNESS_ARGS)' \
+	PRECISION='$(PRECISION)' CHANNELS_LAST='$(CHANNELS_LAST)' FREEZE='$(FREEZE)' \
+	INTRA_THREADS='$(INTRA_THREADS)' IMAGE_CACHE='$(IMAGE_CACHE)' GUARD_IMAGES='$(GUARD_IMAGES)' \
 	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)'
 HARNESS := vendor/inference/vision/classification_and_detection
 
@@ -121,6 +135,20 @@ $(DEMO_DATA): retinanet/demo_data.py retinanet/classes.py
 
 $(DEMO_MODELS)/%/resnext50_32x4d_fpn.pth: $(DEMO_DATA) retinanet/demo_models.py
 	$(PYTHON) -W ignore -m retinanet.demo_models --data '$(DEMO_DIR)/data' --out '$(DEMO_MODELS)' --models $*
+
+##@ Performance
+
+## make bench: dataset (default: the demo's)
+BENCH_DATA_DIR ?= $(DEMO_DIR)/data
+## make bench: model (default: the demo's real architecture with random weights)
+BENCH_MODEL ?= $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth
+## make bench: images per run
+BENCH_COUNT ?= 8
+
+.PHONY: bench
+bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference path vs this project's defaults: preprocessing, disk, RSS, samples/s, p90
+	$(PYTHON) -m retinanet.bench --data-dir '$(BENCH_DATA_DIR)' --model '$(BENCH_MODEL)' \
+	  --count '$(BENCH_COUNT)' --device '$(DEVICE)' --results-dir '$(RESULTS_DIR)'
 
 ##@ Development
 

@@ -7,6 +7,7 @@
 #
 # Settings come from the environment; the Makefile passes its variables (make help):
 #   DATA_DIR MODEL_DIR MODEL DEVICE SCENARIO COUNT BATCH_SIZE THREADS QPS TIME
+#   PRECISION CHANNELS_LAST FREEZE INTRA_THREADS IMAGE_CACHE GUARD_IMAGES
 #   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,10 +32,12 @@ case $SCENARIO in
   Offline | Server | SingleStream | MultiStream) ;;
   *) die "SCENARIO=$SCENARIO is not one of: Offline, Server, SingleStream, MultiStream" ;;
 esac
-for name in COUNT BATCH_SIZE THREADS QPS TIME; do
+for name in COUNT BATCH_SIZE THREADS QPS TIME INTRA_THREADS; do
   value=${!name:-}
-  [[ -z $value || $value =~ ^[1-9][0-9]*$ ]] || die "$name=$value is not a positive whole number"
+  [[ -z $value || $value == auto || $value =~ ^[1-9][0-9]*$ ]] || die "$name=$value is not a positive whole number"
 done
+GUARD_IMAGES=${GUARD_IMAGES:-8}
+[[ $GUARD_IMAGES =~ ^[0-9]+$ ]] || die "GUARD_IMAGES=$GUARD_IMAGES is not a whole number"
 [ -n "${DATA_DIR:-}" ] || die "DATA_DIR is not set: point it at the folder 'make dataset DIR=...' wrote"
 MODEL=${MODEL:-${MODEL_DIR:+$MODEL_DIR/resnext50_32x4d_fpn.pth}}
 [ -n "$MODEL" ] || die "set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth, or MODEL to the file"
@@ -49,8 +52,11 @@ PATH=$(dirname "$PYTHON"):$PATH
 "$PYTHON" -m retinanet.patch_series verify >/dev/null || exit 2
 [ -f "$USER_CONF" ] || die "USER_CONF=$USER_CONF not found"
 checked=$("$PYTHON" -m retinanet.preflight --data-dir "$DATA_DIR" --model "$MODEL" \
-  --device "${DEVICE:-auto}" --count "${COUNT:-0}") || exit 2
-eval "$checked" # DEVICE IMAGES CACHE_KEY
+  --device "${DEVICE:-auto}" --count "${COUNT:-0}" \
+  --setting "PRECISION=${PRECISION:-}" --setting "CHANNELS_LAST=${CHANNELS_LAST:-}" \
+  --setting "FREEZE=${FREEZE:-}" --setting "BATCH_SIZE=${BATCH_SIZE:-}" \
+  --setting "THREADS=${THREADS:-}" --setting "IMAGE_CACHE=${IMAGE_CACHE:-none}") || exit 2
+eval "$checked" # DEVICE, the settings above resolved for it, IMAGES, CACHE_KEY
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
 MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")
 CACHE_DIR=${CACHE_DIR:-cache}
@@ -71,8 +77,11 @@ run_dir=$(cd "$run_dir" && pwd)
 cp "$USER_CONF" "$run_dir/user.conf"
 
 args=(--scenario "$SCENARIO" --model "$MODEL" --user_conf "$run_dir/user.conf"
-  --cache_dir "$CACHE_DIR/$CACHE_KEY")
+  --cache_dir "$CACHE_DIR/$CACHE_KEY" --image-cache "$IMAGE_CACHE" --precision "$PRECISION")
 [ "$mode" = accuracy ] && args+=(--accuracy)
+[ "$CHANNELS_LAST" = 1 ] && args+=(--channels-last)
+[ "$FREEZE" = 1 ] && args+=(--freeze)
+[ -n "${INTRA_THREADS:-}" ] && args+=(--intra-op-threads "$INTRA_THREADS")
 [ -n "${COUNT:-}" ] && args+=(--count "$COUNT")
 [ -n "${BATCH_SIZE:-}" ] && args+=(--max-batchsize "$BATCH_SIZE")
 [ -n "${THREADS:-}" ] && args+=(--threads "$THREADS")
@@ -99,11 +108,13 @@ trap 'exit 143' TERM
   --setting "mode=$mode" --setting "scenario=$SCENARIO" --setting "device=$DEVICE" \
   --setting "count=${COUNT:-}" --setting "batch_size=${BATCH_SIZE:-}" --setting "threads=${THREADS:-}" \
   --setting "qps=${QPS:-}" --setting "time=${TIME:-}" --setting "user_conf=$USER_CONF" \
+  --setting "precision=$PRECISION" --setting "channels_last=$CHANNELS_LAST" --setting "freeze=$FREEZE" \
+  --setting "intra_threads=${INTRA_THREADS:-}" --setting "image_cache=$IMAGE_CACHE" \
   --setting "model=$MODEL" --setting "data_dir=$DATA_DIR" --setting "images=$IMAGES" \
   --setting "cache_dir=$CACHE_DIR/$CACHE_KEY" \
   -- ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}"
 
-echo "run_eval: $mode run, $SCENARIO, $DEVICE, $IMAGES images -> $run_dir"
+echo "run_eval: $mode run, $SCENARIO, $DEVICE, $PRECISION, batch $BATCH_SIZE, $IMAGES images -> $run_dir"
 (cd "$HARNESS" && OUTPUT_DIR=$run_dir DATA_DIR=$DATA_DIR MODEL_DIR=$(dirname "$MODEL") \
   ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}") 2>&1 | tee "$run_dir/harness.log"
 
@@ -120,6 +131,16 @@ if [ "$mode" = accuracy ]; then
   [ -n "$map" ] || die "tools/accuracy-openimages.py printed no mAP; see $run_dir/accuracy.txt"
   verdict=$(awk -v m="$map" -v t="$MAP_TARGET" 'BEGIN { print (m >= t) ? "meets" : "is below" }')
   echo "mAP $map% on $IMAGES images: $verdict the MLPerf target $MAP_TARGET% (99% of 37.55%)" >"$run_dir/result.txt"
+  if [ "$PRECISION/$CHANNELS_LAST/$FREEZE" != fp32/0/0 ] && [ "$GUARD_IMAGES" -gt 0 ]; then
+    guard=(--precision "$PRECISION")
+    [ "$CHANNELS_LAST" = 1 ] && guard+=(--channels-last)
+    [ "$FREEZE" = 1 ] && guard+=(--freeze)
+    [ "$DEVICE" = cpu ] && export CUDA_VISIBLE_DEVICES=
+    echo "run_eval: accuracy guard: the same model in fp32 on $((GUARD_IMAGES < IMAGES ? GUARD_IMAGES : IMAGES)) images"
+    "$PYTHON" -m retinanet.accuracy_guard --model "$MODEL" --data-dir "$DATA_DIR" --images "$GUARD_IMAGES" \
+      "${guard[@]}" --out "$run_dir/guard.json" 2>"$run_dir/guard.log" | tail -n 1 >>"$run_dir/result.txt" ||
+      die "the accuracy guard failed; see $run_dir/guard.log"
+  fi
 else
   grep -E "^(Scenario|Mode|Result is|Samples per second|Completed samples per second|Scheduled samples per second|[0-9.]+ percentile latency|Mean latency|  (Min duration|Min queries|Early stopping) satisfied|Early Stopping Result)" \
     "$run_dir/mlperf_log_summary.txt" >"$run_dir/result.txt" || die "no LoadGen summary in $run_dir"

@@ -1,7 +1,7 @@
 """Check a run's inputs before the harness starts, and say what to do when one is wrong.
 
-Prints shell assignments for run_eval.sh: the resolved device, the image count and the
-cache key. Exits 2 with one line per problem.
+Prints shell assignments for run_eval.sh: the resolved device, the settings left on
+auto, the image count and the cache key. Exits 2 with one line per problem.
 """
 import argparse
 import hashlib
@@ -69,6 +69,29 @@ def resolve_device(device):
                   "(make setup TORCH_INDEX_URL=...), or run with DEVICE=cpu"]
 
 
+# Fastest settings measured per device (BENCHMARKS.md); fp32 stays one setting away.
+DEVICE_DEFAULTS = {
+    "cpu": {"PRECISION": "bf16", "CHANNELS_LAST": "1", "FREEZE": "0", "BATCH_SIZE": "1", "THREADS": "1"},
+    "gpu": {"PRECISION": "fp16", "CHANNELS_LAST": "1", "FREEZE": "0", "BATCH_SIZE": "16", "THREADS": "2"},
+}
+CHOICES = {"PRECISION": ("fp32", "bf16", "fp16"), "CHANNELS_LAST": ("0", "1"), "FREEZE": ("0", "1"),
+           "IMAGE_CACHE": ("none", "uint8", "float32")}
+
+
+def resolve_settings(device, requested):
+    """Fill the settings left on auto (or empty) with the device's defaults."""
+    problems, resolved = [], {}
+    for name, value in requested.items():
+        if value in ("", "auto"):
+            value = DEVICE_DEFAULTS.get(device, {}).get(name, "")
+        elif name in CHOICES and value not in CHOICES[name]:
+            problems.append(f"{name}={value} is not one of: auto, {', '.join(CHOICES[name])}")
+        resolved[name] = value
+    if device == "cpu" and resolved.get("PRECISION") == "fp16":
+        problems.append("PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32")
+    return resolved, problems
+
+
 def cache_key(data_dir):
     """Upstream keys its cache by file name only; key the folder by dataset path and annotations."""
     digest = hashlib.sha256(os.path.realpath(data_dir).encode())
@@ -82,17 +105,23 @@ def main():
     parser.add_argument("--model", required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting to resolve when auto: " + ", ".join(DEVICE_DEFAULTS["cpu"]))
     args = parser.parse_args()
 
     problems, images = dataset_problems(args.data_dir, args.count)
     problems += model_problems(args.model)
     device, device_problems = resolve_device(args.device)
     problems += device_problems
+    settings, setting_problems = resolve_settings(device, dict(item.split("=", 1) for item in args.setting))
+    problems += setting_problems
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     print(f"DEVICE={device}")
+    for name, value in settings.items():
+        print(f"{name}={value}")
     print(f"IMAGES={images}")
     print(f"CACHE_KEY={cache_key(args.data_dir)}")
 

@@ -6,7 +6,11 @@ import subprocess
 import pytest
 import torch
 
+from retinanet import patch_series
+
 from conftest import make
+
+N = len(patch_series.series())  # patches in the series
 
 
 @pytest.fixture
@@ -91,4 +95,4 @@ def test_half_applied_series_stops_the_run(project_copy, demo, tmp_path, earlier
                 f"RESULTS_DIR={tmp_path / 'results'}", check=False, cwd=project_copy)
     assert proc.returncode != 0
     assert error_line(proc).endswith(
-        "holds 1 of the 5 patches (next: 0002-images-in-validation-data.patch); run 'make patch'")
+        f"holds 1 of the {N} patches (next: 0002-images-in-validation-data.patch); run 'make patch'")

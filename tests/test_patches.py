@@ -11,6 +11,8 @@ from retinanet.patch_series import PatchError
 
 from conftest import git_state, make
 
+N = len(patch_series.series())  # patches in the series
+
 
 def run_series(project, action):
     return subprocess.run([sys.executable, "-m", "retinanet.patch_series", action], cwd=project,
@@ -19,7 +21,7 @@ def run_series(project, action):
 
 def test_make_check_patches_passes(upstream):
     proc = make("check-patches")
-    assert "5 patches: headers complete, apply and revert cleanly on 6776245e99dc" in proc.stdout
+    assert f"{N} patches: headers complete, apply and revert cleanly on 6776245e99dc" in proc.stdout
 
 
 def test_series_is_numbered_and_documented():
@@ -63,16 +65,16 @@ def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
 
     first = run_series(project_copy, "apply")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("applied 0") == 5
+    assert first.stdout.count("applied 0") == N
     patched = git_state(upstream)
     assert patched != pristine
 
     again = run_series(project_copy, "apply")
-    assert again.returncode == 0 and again.stdout == "patch series already applied (5 patches)\n"
+    assert again.returncode == 0 and again.stdout == f"patch series already applied ({N} patches)\n"
     assert git_state(upstream) == patched
 
     reverted = run_series(project_copy, "revert")
-    assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == 5
+    assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == N
     assert git_state(upstream) == pristine
 
 
@@ -84,7 +86,7 @@ def test_half_applied_series_is_reported_then_finished(project_copy):
 
     verify = run_series(project_copy, "verify")
     assert verify.returncode == 1
-    assert "holds 2 of the 5 patches (next: 0003-map-zero-without-detections.patch); run 'make patch'" in verify.stderr
+    assert f"holds 2 of the {N} patches (next: 0003-map-zero-without-detections.patch); run 'make patch'" in verify.stderr
 
     finish = run_series(project_copy, "apply")
     assert finish.returncode == 0

@@ -6,9 +6,11 @@ import subprocess
 
 import yaml
 
-from retinanet import PROJECT_ROOT, UPSTREAM
+from retinanet import PROJECT_ROOT, UPSTREAM, patch_series
 
 from conftest import git_state
+
+N = len(patch_series.series())  # patches in the series
 
 
 def requirement_names():
@@ -57,7 +59,7 @@ def test_setup_twice_changes_nothing(upstream):
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
         "setup: upstream at 6776245e99dc: up to date",
-        "setup: patch series already applied (5 patches)",
+        f"setup: patch series already applied ({N} patches)",
         "setup: environment .venv: up to date",
         "setup: LoadGen 5.1.1: imports",
     ]
@@ -72,7 +74,7 @@ def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
     proc = subprocess.run(["./setup.sh", "upstream", "patch"], cwd=project_copy, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "setup: upstream at 6776245e99dc" in proc.stdout
-    assert proc.stdout.count("setup: applied 0") == 5
+    assert proc.stdout.count("setup: applied 0") == N
     listing = subprocess.run(["git", "sparse-checkout", "list"], cwd=upstream, capture_output=True,
                              text=True, check=True).stdout.split()
     assert listing == ["loadgen", "vision/classification_and_detection"]

@@ -1,0 +1,135 @@
+"""Benchmark the reference path against the project's defaults, on the same model and
+images, in one invocation.
+
+  reference  upstream behaviour: every image preprocessed into a float32 .npy cache before
+             LoadGen starts, fp32, batch 32, one worker thread per core
+  project    what `make perf` does on this device: no cache, images preprocessed as LoadGen
+             loads them, and the device's precision, memory format, batch and threads
+
+Each path makes an Offline and a SingleStream performance run through run_eval.sh (so
+each has its run folder and run.json) and is measured for: preprocessing wall time, disk
+written by preprocessing, peak RSS, Offline samples/s and SingleStream p90 latency.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from retinanet import PROJECT_ROOT
+
+PATHS = {
+    "reference": {"PRECISION": "fp32", "CHANNELS_LAST": "0", "FREEZE": "0", "BATCH_SIZE": "32",
+                  "THREADS": str(os.cpu_count()), "IMAGE_CACHE": "float32"},
+    "project": {"PRECISION": "auto", "CHANNELS_LAST": "auto", "FREEZE": "auto", "BATCH_SIZE": "auto",
+                "THREADS": "auto", "IMAGE_CACHE": "none"},
+}
+
+
+def folder_bytes(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def measured_run(scenario, settings, common):
+    """One run_eval.sh performance run; returns its folder and the peak RSS of its process tree."""
+    env = dict(os.environ, **common, **settings, SCENARIO=scenario)
+    proc = subprocess.Popen([str(PROJECT_ROOT / "run_eval.sh"), "performance"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    # wait4 reports the largest RSS among the run's waited-for descendants: the harness
+    _, status, usage = os.wait4(proc.pid, 0)
+    match = re.search(r"^run folder: (.+)$", output, re.M)
+    if os.waitstatus_to_exitcode(status) != 0 or not match:
+        sys.exit(f"bench: the {scenario} run failed:\n{output[-3000:]}")
+    return Path(match.group(1)), usage.ru_maxrss * 1024
+
+
+def summary_value(run_dir, pattern):
+    match = re.search(pattern, (run_dir / "mlperf_log_summary.txt").read_text(), re.M)
+    return float(match.group(1))
+
+
+def preprocessing_seconds(run_dir):
+    """Dataset set-up (where the reference fills its cache) plus every on-load preprocessing."""
+    log = (run_dir / "harness.log").read_text()
+    setup = sum(float(s) for s in re.findall(r"loaded \d+ images, .*took=([0-9.]+)sec", log))
+    on_load = sum(float(s) for s in re.findall(r"preprocessed \d+ samples in ([0-9.]+) s", log))
+    return setup + on_load
+
+
+def bench_path(name, settings, common, cache_dir):
+    common = dict(common, CACHE_DIR=str(cache_dir))
+    offline, offline_rss = measured_run("Offline", settings, common)
+    disk = folder_bytes(cache_dir)
+    single, single_rss = measured_run("SingleStream", settings, common)
+    record = json.loads((offline / "run.json").read_text())["settings"]
+    return {
+        "settings": {k: record[k] for k in ("precision", "channels_last", "freeze", "batch_size", "threads",
+                                            "image_cache", "device")},
+        "preprocessing_s": preprocessing_seconds(offline),
+        "disk_bytes": disk,
+        "peak_rss_bytes": max(offline_rss, single_rss),
+        "offline_samples_per_s": summary_value(offline, r"^Samples per second: ([0-9.e+-]+)"),
+        "singlestream_p90_ms": summary_value(single, r"^90.00 percentile latency \(ns\)\s*: (\d+)") / 1e6,
+        "runs": [str(offline), str(single)],
+    }
+
+
+ROWS = [  # metric, key, unit format, ratio as project/reference (True) or reference/project
+    ("preprocessing wall time", "preprocessing_s", "{:.2f} s", False),
+    ("disk written by preprocessing", "disk_bytes", "{:,.0f} B", True),
+    ("peak RSS", "peak_rss_bytes", "{:,.0f} B", True),
+    ("Offline samples/s", "offline_samples_per_s", "{:.4f}", True),
+    ("SingleStream p90 latency", "singlestream_p90_ms", "{:.0f} ms", False),
+]
+
+
+def table(results):
+    ref, ours = results["reference"], results["project"]
+    lines = ["| metric | reference | project | project vs reference |", "|---|---|---|---|"]
+    for label, key, fmt, forward in ROWS:
+        a, b = ref[key], ours[key]
+        if forward:
+            ratio = f"{b / a:.2f}x" if a else ("0 B written" if not b else "n/a")
+        else:
+            ratio = f"{a / b:.2f}x faster" if b else "n/a"
+        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
+    for name in ("reference", "project"):
+        s = results[name]["settings"]
+        lines.append(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--count", type=int, default=8, help="images (Offline samples, SingleStream queries)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--user-conf", default=str(PROJECT_ROOT / "conf" / "demo-user.conf"))
+    parser.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
+    args = parser.parse_args()
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.results_dir) / f"{stamp}-bench"
+    out.mkdir(parents=True)
+    common = {"DATA_DIR": args.data_dir, "MODEL": args.model, "COUNT": str(args.count), "DEVICE": args.device,
+              "USER_CONF": args.user_conf, "RESULTS_DIR": str(out / "runs"), "PYTHON": sys.executable,
+              "GUARD_IMAGES": "0"}
+    results = {}
+    for name, settings in PATHS.items():
+        print(f"bench: {name} path ...", flush=True)
+        results[name] = bench_path(name, settings, common, out / f"cache-{name}")
+    command = " ".join(["python -m retinanet.bench"] + sys.argv[1:])
+    (out / "bench.json").write_text(json.dumps({"command": command, **results}, indent=2) + "\n")
+    report = f"`{command}`\n\n{table(results)}\n"
+    (out / "bench.md").write_text(report)
+    print(report)
+    print(f"bench folder: {out}")
+
+
+if __name__ == "__main__":
+    main()
