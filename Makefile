@@ -38,8 +38,18 @@ TIME ?=
 USER_CONF ?=
 ## more flags for upstream python/main.py, e.g. --samples-per-query 8
 HARNESS_ARGS ?=
+## seconds between progress lines (samples done / total, time left) while LoadGen runs; 0: none
+PROGRESS ?= 30
 ## every run gets a new folder in here
 RESULTS_DIR ?= results
+## make report: run folders to include, names or patterns under RESULTS_DIR (empty: all)
+RUNS ?=
+## make report: where report.md and its plots go
+REPORT_DIR ?= $(RESULTS_DIR)/report
+## make compare: the first run, a folder name under RESULTS_DIR or a path
+A ?=
+## make compare: the second run
+B ?=
 ## preprocessed images (float32 .npy, 7.7 MB each)
 CACHE_DIR ?= cache
 ## make setup: PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126
@@ -54,7 +64,7 @@ PYTEST_ARGS ?=
 RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE='$(DEVICE)' \
 	SCENARIO='$(SCENARIO)' COUNT='$(COUNT)' BATCH_SIZE='$(BATCH_SIZE)' THREADS='$(THREADS)' \
 	QPS='$(QPS)' TIME='$(TIME)' USER_CONF='$(USER_CONF)' HARNESS_ARGS='$(HARNESS_ARGS)' \
-	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)'
+	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)'
 HARNESS := vendor/inference/vision/classification_and_detection
 
 ##@ Setup
@@ -96,6 +106,16 @@ eval: ## Accuracy run: LoadGen AccuracyOnly, then mAP against the 37.17 target
 .PHONY: perf
 perf: ## Performance run in SCENARIO: LoadGen's VALID/INVALID, samples/s or latency
 	$(RUN_SETTINGS) ./run_eval.sh performance
+
+##@ Results
+
+.PHONY: report
+report: ## Markdown report and PNG plots over the runs in RESULTS_DIR (RUNS=... for a subset)
+	$(PYTHON) -m retinanet.report --results '$(RESULTS_DIR)' --out '$(REPORT_DIR)' --runs '$(RUNS)'
+
+.PHONY: compare
+compare: ## Two runs side by side, with ratios and what makes them unfair to compare: A=<run> B=<run>
+	$(PYTHON) -m retinanet.compare --results '$(RESULTS_DIR)' '$(A)' '$(B)'
 
 ##@ Demo (no downloads: a generated dataset and generated models)
 

@@ -57,7 +57,7 @@ def test_setup_twice_changes_nothing(upstream):
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
         "setup: upstream at 6776245e99dc: up to date",
-        "setup: patch series already applied (5 patches)",
+        "setup: patch series already applied (6 patches)",
         "setup: environment .venv: up to date",
         "setup: LoadGen 5.1.1: imports",
     ]
