@@ -123,7 +123,7 @@ DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json
 DEMO_MODELS = $(DEMO_DIR)/models
 
 .PHONY: demo
-demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%) and a short Offline perf run
+demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%), a short Offline perf run, and their report
 	$(MAKE) eval DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/oracle' RESULTS_DIR='$(DEMO_DIR)/results' \
 	  DEVICE=cpu BATCH_SIZE=2 COUNT= USER_CONF=conf/demo-user.conf | tee '$(DEMO_DIR)/eval.log'
 	$(MAKE) perf DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/random-weights' RESULTS_DIR='$(DEMO_DIR)/results' \
@@ -133,6 +133,9 @@ demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-
 	@sed -n '/^mAP [0-9.]*% on/p; /^run folder:/p' '$(DEMO_DIR)/eval.log'
 	@echo "== demo: real architecture, random weights, Offline performance (3 samples)"
 	@sed -n '/^Result is/p; /^Samples per second/p; /^run folder:/p' '$(DEMO_DIR)/perf.log'
+	$(MAKE) report RESULTS_DIR='$(DEMO_DIR)/results' > '$(DEMO_DIR)/report.log'
+	@echo "== demo: every run so far in $(DEMO_DIR)/results, with its plots"
+	@sed -n '/^report: /p; /^plot: /p' '$(DEMO_DIR)/report.log'
 
 $(DEMO_DATA): retinanet/demo_data.py retinanet/classes.py
 	rm -rf '$(DEMO_DIR)/data.tmp'

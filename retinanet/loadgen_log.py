@@ -48,8 +48,9 @@ def read_detail(run_dir):
                            f"{line[:60]!r}; is this an MLPerf LoadGen detail log?")
         try:
             entry = json.loads(NOT_A_NUMBER.sub(r"\1null", line[len(MLLOG):]))
-            entry["key"], entry["value"]  # noqa: B018 - both must be there
-        except (ValueError, KeyError, TypeError):
+            if not isinstance(entry, dict) or "key" not in entry or "value" not in entry:
+                raise ValueError("an MLLOG entry has a key and a value")
+        except ValueError:
             last = number == len(lines) or all(not rest.strip() for rest in lines[number:])
             if last:
                 raise LogError(f"{path} is truncated: line {number} stops mid-entry "
@@ -240,7 +241,7 @@ def parse(run_dir):
 
 def main():
     if len(sys.argv) != 2:
-        sys.exit(f"usage: python -m retinanet.loadgen_log RUN_DIR")
+        sys.exit("usage: python -m retinanet.loadgen_log RUN_DIR")
     try:
         print(json.dumps(parse(sys.argv[1]), indent=2))
     except LogError as error:

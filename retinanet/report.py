@@ -97,7 +97,7 @@ def tree(state, length=10):
 
 def render(runs, results_dir, plots):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"# RetinaNet MLPerf runs", "",
+    lines = ["# RetinaNet MLPerf runs", "",
              f"{len(runs)} runs from `{results_dir}`, reported {now} on {platform.node()}.", ""]
 
     performance = [run for run in runs if run.performance]

@@ -4,7 +4,7 @@
     run_record.py finish RUN_DIR --status completed|failed [--reason TEXT]
 
 `finish` also writes summary.json (run_summary.py). A completed run whose logs cannot be
-read is recorded as failed, with the reason, and `finish` exits 2.
+read is recorded as failed, with the reason, and `finish` exits 1.
 """
 import argparse
 import datetime

@@ -63,7 +63,7 @@ def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
 
     first = run_series(project_copy, "apply")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("applied 0") == 5
+    assert first.stdout.count("applied 0") == 6
     patched = git_state(upstream)
     assert patched != pristine
 
@@ -72,7 +72,7 @@ def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
     assert git_state(upstream) == patched
 
     reverted = run_series(project_copy, "revert")
-    assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == 5
+    assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == 6
     assert git_state(upstream) == pristine
 
 

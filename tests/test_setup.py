@@ -72,7 +72,7 @@ def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
     proc = subprocess.run(["./setup.sh", "upstream", "patch"], cwd=project_copy, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "setup: upstream at 6776245e99dc" in proc.stdout
-    assert proc.stdout.count("setup: applied 0") == 5
+    assert proc.stdout.count("setup: applied 0") == 6
     listing = subprocess.run(["git", "sparse-checkout", "list"], cwd=upstream, capture_output=True,
                              text=True, check=True).stdout.split()
     assert listing == ["loadgen", "vision/classification_and_detection"]
