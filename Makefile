@@ -133,7 +133,7 @@ demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-
 	@sed -n '/^mAP [0-9.]*% on/p; /^run folder:/p' '$(DEMO_DIR)/eval.log'
 	@echo "== demo: real architecture, random weights, Offline performance (3 samples)"
 	@sed -n '/^Result is/p; /^Samples per second/p; /^run folder:/p' '$(DEMO_DIR)/perf.log'
-	$(MAKE) report RESULTS_DIR='$(DEMO_DIR)/results' > '$(DEMO_DIR)/report.log'
+	@$(MAKE) report RESULTS_DIR='$(DEMO_DIR)/results' > '$(DEMO_DIR)/report.log'
 	@echo "== demo: every run so far in $(DEMO_DIR)/results, with its plots"
 	@sed -n '/^report: /p; /^plot: /p' '$(DEMO_DIR)/report.log'
 
