@@ -50,8 +50,18 @@ TIME ?=
 USER_CONF ?=
 ## more flags for upstream python/main.py, e.g. --samples-per-query 8
 HARNESS_ARGS ?=
+## seconds between progress lines (samples done / total, time left) while LoadGen runs; 0: none
+PROGRESS ?= 30
 ## every run gets a new folder in here
 RESULTS_DIR ?= results
+## make report: run folders to include, names or patterns under RESULTS_DIR (empty: all)
+RUNS ?=
+## make report: where report.md and its plots go
+REPORT_DIR ?= $(RESULTS_DIR)/report
+## make compare: the first run, a folder name under RESULTS_DIR or a path
+A ?=
+## make compare: the second run
+B ?=
 ## preprocessed images for IMAGE_CACHE=uint8 (1.9 MB each) or float32 (7.7 MB each)
 CACHE_DIR ?= cache
 ## make setup: PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126
@@ -68,7 +78,7 @@ RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE
 	QPS='$(QPS)' TIME='$(TIME)' USER_CONF='$(USER_CONF)' HARNESS_ARGS='$(HARNESS_ARGS)' \
 	PRECISION='$(PRECISION)' CHANNELS_LAST='$(CHANNELS_LAST)' FREEZE='$(FREEZE)' \
 	INTRA_THREADS='$(INTRA_THREADS)' IMAGE_CACHE='$(IMAGE_CACHE)' GUARD_IMAGES='$(GUARD_IMAGES)' \
-	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)'
+	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)'
 HARNESS := vendor/inference/vision/classification_and_detection
 
 ##@ Setup
@@ -111,13 +121,23 @@ eval: ## Accuracy run: LoadGen AccuracyOnly, then mAP against the 37.17 target
 perf: ## Performance run in SCENARIO: LoadGen's VALID/INVALID, samples/s or latency
 	$(RUN_SETTINGS) ./run_eval.sh performance
 
+##@ Results
+
+.PHONY: report
+report: ## Markdown report and PNG plots over the runs in RESULTS_DIR (RUNS=... for a subset)
+	$(PYTHON) -m retinanet.report --results '$(RESULTS_DIR)' --out '$(REPORT_DIR)' --runs '$(RUNS)'
+
+.PHONY: compare
+compare: ## Two runs side by side, with ratios and what makes them unfair to compare: A=<run> B=<run>
+	$(PYTHON) -m retinanet.compare --results '$(RESULTS_DIR)' '$(A)' '$(B)'
+
 ##@ Demo (no downloads: a generated dataset and generated models)
 
 DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json
 DEMO_MODELS = $(DEMO_DIR)/models
 
 .PHONY: demo
-demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%) and a short Offline perf run
+demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%), a short Offline perf run, and their report
 	$(MAKE) eval DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/oracle' RESULTS_DIR='$(DEMO_DIR)/results' \
 	  DEVICE=cpu BATCH_SIZE=2 COUNT= USER_CONF=conf/demo-user.conf | tee '$(DEMO_DIR)/eval.log'
 	$(MAKE) perf DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/random-weights' RESULTS_DIR='$(DEMO_DIR)/results' \
@@ -127,6 +147,9 @@ demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-
 	@sed -n '/^mAP [0-9.]*% on/p; /^run folder:/p' '$(DEMO_DIR)/eval.log'
 	@echo "== demo: real architecture, random weights, Offline performance (3 samples)"
 	@sed -n '/^Result is/p; /^Samples per second/p; /^run folder:/p' '$(DEMO_DIR)/perf.log'
+	@$(MAKE) report RESULTS_DIR='$(DEMO_DIR)/results' > '$(DEMO_DIR)/report.log'
+	@echo "== demo: every run so far in $(DEMO_DIR)/results, with its plots"
+	@sed -n '/^report: /p; /^plot: /p' '$(DEMO_DIR)/report.log'
 
 $(DEMO_DATA): retinanet/demo_data.py retinanet/classes.py
 	rm -rf '$(DEMO_DIR)/data.tmp'

@@ -8,7 +8,7 @@
 # Settings come from the environment; the Makefile passes its variables (make help):
 #   DATA_DIR MODEL_DIR MODEL DEVICE SCENARIO COUNT BATCH_SIZE THREADS QPS TIME
 #   PRECISION CHANNELS_LAST FREEZE INTRA_THREADS IMAGE_CACHE GUARD_IMAGES
-#   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON
+#   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON PROGRESS
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -38,6 +38,8 @@ for name in COUNT BATCH_SIZE THREADS QPS TIME INTRA_THREADS; do
 done
 GUARD_IMAGES=${GUARD_IMAGES:-8}
 [[ $GUARD_IMAGES =~ ^[0-9]+$ ]] || die "GUARD_IMAGES=$GUARD_IMAGES is not a whole number"
+PROGRESS=${PROGRESS:-30}
+[[ $PROGRESS =~ ^[0-9]+$ ]] || die "PROGRESS=$PROGRESS is not a whole number of seconds (0: no progress lines)"
 [ -n "${DATA_DIR:-}" ] || die "DATA_DIR is not set: point it at the folder 'make dataset DIR=...' wrote"
 MODEL=${MODEL:-${MODEL_DIR:+$MODEL_DIR/resnext50_32x4d_fpn.pth}}
 [ -n "$MODEL" ] || die "set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth, or MODEL to the file"
@@ -77,7 +79,8 @@ run_dir=$(cd "$run_dir" && pwd)
 cp "$USER_CONF" "$run_dir/user.conf"
 
 args=(--scenario "$SCENARIO" --model "$MODEL" --user_conf "$run_dir/user.conf"
-  --cache_dir "$CACHE_DIR/$CACHE_KEY" --image-cache "$IMAGE_CACHE" --precision "$PRECISION")
+  --cache_dir "$CACHE_DIR/$CACHE_KEY" --image-cache "$IMAGE_CACHE" --precision "$PRECISION"
+  --progress "$PROGRESS")
 [ "$mode" = accuracy ] && args+=(--accuracy)
 [ "$CHANNELS_LAST" = 1 ] && args+=(--channels-last)
 [ "$FREEZE" = 1 ] && args+=(--freeze)
@@ -91,6 +94,12 @@ read -r -a extra <<<"${HARNESS_ARGS:-}"
 args+=(${extra[@]+"${extra[@]}"})
 
 finished=
+harness=
+stop_tree() { # TERM a process and every process under it, by pid, children first
+  local child
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do stop_tree "$child"; done
+  kill -TERM "$1" 2>/dev/null || true
+}
 on_exit() {
   local status=$?
   if [ -z "$finished" ]; then
@@ -101,22 +110,31 @@ on_exit() {
   fi
 }
 trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap '[ -z "$harness" ] || stop_tree "$harness"; exit 130' INT
+trap '[ -z "$harness" ] || stop_tree "$harness"; exit 143' TERM
 
-"$PYTHON" -m retinanet.run_record start "$run_dir" \
+"$PYTHON" -m retinanet.run_record start "$run_dir" --pid $$ \
   --setting "mode=$mode" --setting "scenario=$SCENARIO" --setting "device=$DEVICE" \
   --setting "count=${COUNT:-}" --setting "batch_size=${BATCH_SIZE:-}" --setting "threads=${THREADS:-}" \
   --setting "qps=${QPS:-}" --setting "time=${TIME:-}" --setting "user_conf=$USER_CONF" \
   --setting "precision=$PRECISION" --setting "channels_last=$CHANNELS_LAST" --setting "freeze=$FREEZE" \
   --setting "intra_threads=${INTRA_THREADS:-}" --setting "image_cache=$IMAGE_CACHE" \
   --setting "model=$MODEL" --setting "data_dir=$DATA_DIR" --setting "images=$IMAGES" \
-  --setting "cache_dir=$CACHE_DIR/$CACHE_KEY" \
+  --setting "cache_dir=$CACHE_DIR/$CACHE_KEY" --setting "harness_args=${HARNESS_ARGS:-}" \
   -- ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}"
 
 echo "run_eval: $mode run, $SCENARIO, $DEVICE, $PRECISION, batch $BATCH_SIZE, $IMAGES images -> $run_dir"
-(cd "$HARNESS" && OUTPUT_DIR=$run_dir DATA_DIR=$DATA_DIR MODEL_DIR=$(dirname "$MODEL") \
-  ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}") 2>&1 | tee "$run_dir/harness.log"
+run_harness() {
+  (cd "$HARNESS" && OUTPUT_DIR=$run_dir DATA_DIR=$DATA_DIR MODEL_DIR=$(dirname "$MODEL") \
+    ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}") 2>&1 | tee "$run_dir/harness.log"
+}
+# In the background and waited for, so that Ctrl-C or TERM stops it at once: in the
+# foreground, bash would run the trap only when the harness ends, and the harness's
+# Python sees SIGINT only once LoadGen returns, hours later in a long run.
+run_harness &
+harness=$!
+wait "$harness"
+harness=
 
 # The harness logs a model's exception and answers the query empty: that is a failure.
 if failures=$(grep -c "thread: failed on contentid" "$run_dir/harness.log"); then

@@ -1,22 +1,30 @@
 """Write run.json in a run folder: how the run was made, and how it ended.
 
-    run_record.py start RUN_DIR [--setting KEY=VALUE ...] -- COMMAND...
+    run_record.py start RUN_DIR [--pid PID] [--setting KEY=VALUE ...] -- COMMAND...
     run_record.py finish RUN_DIR --status completed|failed [--reason TEXT]
+
+`finish` also writes summary.json (run_summary.py). A completed run whose logs cannot be
+read is recorded as failed, with the reason, and `finish` exits 1.
 """
 import argparse
 import datetime
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
-import subprocess
+import shlex
 import sys
 from pathlib import Path
 
-from retinanet import PROJECT_ROOT, UPSTREAM
-from retinanet.patch_series import PATCH_DIR, series
+from retinanet import ANNOTATIONS, PROJECT_ROOT, UPSTREAM
+from retinanet.patch_series import PATCH_DIR, PatchError, applied_count, pinned_commit, series
 
 RECORD = "run.json"
+# settings as run_eval.sh names them -> the make variable that sets them
+MAKE_VARIABLES = {"data_dir": "DATA_DIR", "model": "MODEL", "device": "DEVICE", "scenario": "SCENARIO",
+                  "count": "COUNT", "batch_size": "BATCH_SIZE", "threads": "THREADS", "qps": "QPS",
+                  "time": "TIME", "user_conf": "USER_CONF", "harness_args": "HARNESS_ARGS"}
 
 
 def now():
@@ -37,9 +45,8 @@ def package_versions():
 def accelerator():
     import torch
 
-    info = {"cuda": torch.version.cuda, "cudnn": None, "gpus": []}
+    info = {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "gpus": []}
     if torch.cuda.is_available():
-        info["cudnn"] = torch.backends.cudnn.version()
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
@@ -51,9 +58,48 @@ def cpu_model():
     return platform.processor()
 
 
-def git_head(repo):
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
+def head_commit(repo):
+    try:
+        return repo.head.commit.hexsha
+    except ValueError:  # a repository without commits
+        return None
+
+
+def project_state(root=PROJECT_ROOT):
+    """The project's commit, and the files that differ from it (the submodule aside: its
+    state is upstream_state's)."""
+    import git
+
+    try:
+        repo = git.Repo(root)
+    except git.exc.InvalidGitRepositoryError:
+        return {"commit": None, "dirty": None, "changed": []}
+    submodules = {module.path for module in repo.submodules}
+    changed = {diff.a_path for diff in repo.index.diff(None)}
+    if head_commit(repo):
+        changed |= {diff.a_path for diff in repo.index.diff("HEAD")}
+    changed |= set(repo.untracked_files)
+    changed = sorted(path for path in changed if path not in submodules)
+    return {"commit": head_commit(repo), "dirty": bool(changed), "changed": changed[:50]}
+
+
+def upstream_state(upstream=UPSTREAM, patch_dir=PATCH_DIR):
+    """Upstream's commit, the patches of the series with their hashes, and whether the
+    checkout is anything but the pinned commit with the whole series applied."""
+    import git
+
+    patches = series(patch_dir)
+    state = {
+        "commit": head_commit(git.Repo(upstream)),
+        "patches": [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in patches],
+    }
+    try:
+        state["pinned"] = pinned_commit()
+        state["patches_applied"] = applied_count(upstream, state["pinned"], patches)
+        state["dirty"] = state["patches_applied"] != len(patches)
+    except PatchError as error:
+        state.update(dirty=True, problem=str(error))
+    return state
 
 
 def file_facts(path):
@@ -65,39 +111,70 @@ def file_facts(path):
     return {"path": str(path.resolve()), "bytes": path.stat().st_size, "md5": md5.hexdigest()}
 
 
-def start(run_dir, settings, command):
+def dataset_facts(data_dir, images_used):
+    annotations = Path(data_dir) / ANNOTATIONS
+    facts = {"path": str(Path(data_dir).resolve()), "images_used": int(images_used) if images_used else None}
+    if annotations.is_file():
+        facts["images_total"] = len(json.loads(annotations.read_text())["images"])
+        facts["annotations_md5"] = file_facts(annotations)["md5"]
+    return facts
+
+
+def rerun_command(settings):
+    """The make command that repeats the run with the same settings."""
+    words = ["make", "eval" if settings.get("mode") == "accuracy" else "perf"]
+    words += [f"{variable}={settings[key]}" for key, variable in MAKE_VARIABLES.items() if settings.get(key)]
+    return shlex.join(words)
+
+
+def start(run_dir, settings, command, pid=None):
     record = {
         "status": "running",
         "started": now(),
+        "pid": pid,
+        "rerun": rerun_command(settings),
         "command": command,
         "settings": settings,
-        "project_commit": git_head(PROJECT_ROOT),
-        "upstream": {
-            "commit": git_head(UPSTREAM),
-            "patches": [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                        for p in series(PATCH_DIR)],
-        },
+        "project": project_state(),
+        "upstream": upstream_state(),
         "versions": package_versions(),
-        "host": {"platform": platform.platform(), "cpu": cpu_model(), **accelerator()},
+        "host": {"name": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
+                 "cpus": os.cpu_count(), **accelerator()},
     }
+    if settings.get("user_conf") and Path(settings["user_conf"]).is_file():
+        record["user_conf"] = {"path": settings["user_conf"], "text": Path(settings["user_conf"]).read_text()}
     if settings.get("model"):
         record["model"] = file_facts(settings["model"])
+    if settings.get("data_dir"):
+        record["dataset"] = dataset_facts(settings["data_dir"], settings.get("images"))
     write(run_dir, record)
 
 
 def finish(run_dir, status, reason=None):
+    """Record how the run ended, and write its summary.json. Returns the error that turned a
+    completed run into a failed one, if any."""
+    from retinanet import run_summary
+
     path = Path(run_dir) / RECORD
     record = json.loads(path.read_text()) if path.exists() else {}
+    error = None
+    try:
+        run_summary.write(run_dir, status, reason)
+    except run_summary.LogError as failure:
+        error = f"the run's logs cannot be read: {failure}"
+        status, reason = "failed", error
+        run_summary.write(run_dir, status, reason)
     record.update(status=status, finished=now())
     if reason:
         record["reason"] = reason
     write(run_dir, record)
+    return error
 
 
-def write(run_dir, record):
-    path = Path(run_dir) / RECORD
+def write(run_dir, record, name=RECORD):
+    path = Path(run_dir) / name
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
 
 
@@ -106,6 +183,7 @@ def main():
     sub = parser.add_subparsers(dest="action", required=True)
     p_start = sub.add_parser("start")
     p_start.add_argument("run_dir")
+    p_start.add_argument("--pid", type=int, help="the process running the run (run_eval.sh)")
     p_start.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE")
     p_finish = sub.add_parser("finish")
     p_finish.add_argument("run_dir")
@@ -117,9 +195,11 @@ def main():
     command = argv[split + 1:]
     if args.action == "start":
         settings = dict(item.split("=", 1) for item in args.setting)
-        start(args.run_dir, settings, command)
+        start(args.run_dir, settings, command, args.pid)
     else:
-        finish(args.run_dir, args.status, args.reason)
+        error = finish(args.run_dir, args.status, args.reason)
+        if error:
+            sys.exit(f"run_record: error: {error}")
 
 
 if __name__ == "__main__":

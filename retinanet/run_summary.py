@@ -1,0 +1,85 @@
+"""Write summary.json in a run folder: what the run measured.
+
+LoadGen's result (loadgen_log.py: scenario, mode, VALID/INVALID and every reason, samples/s,
+latency percentiles, early stopping, warnings and errors) and, for an accuracy run, the mAP
+against the MLPerf target. run_record.py finish calls write(); the command line re-reads
+a run folder and prints the summary without writing anything.
+
+    python -m retinanet.run_summary RUN_DIR
+"""
+import json
+import re
+import sys
+from pathlib import Path
+
+from retinanet.loadgen_log import LogError, parse
+
+SUMMARY = "summary.json"
+REFERENCE_MAP = 37.55  # PyTorch reference mAP of the official model
+MAP_TARGET = 37.1745  # MLPerf target: 99% of the reference
+
+
+def accuracy(run_dir):
+    """mAP as tools/accuracy-openimages.py printed it, and the harness's full-precision one."""
+    path = Path(run_dir) / "accuracy.txt"
+    if not path.is_file():
+        raise LogError(f"{path} not found: the accuracy tool did not run")
+    found = re.findall(r"^mAP=([0-9.]+)%$", path.read_text(errors="replace"), re.M)
+    if not found:
+        raise LogError(f"{path} has no 'mAP=...%' line: the accuracy tool did not finish")
+    result = {"map": float(found[-1]), "reference": REFERENCE_MAP, "target": MAP_TARGET}
+    result["meets_target"] = result["map"] >= MAP_TARGET
+    harness = Path(run_dir) / "results.json"
+    try:
+        scenarios = [v for k, v in json.loads(harness.read_text()).items() if k.startswith("TestScenario.")]
+        result["harness_map"] = scenarios[0]["mAP"]
+    except (OSError, ValueError, IndexError, KeyError):
+        pass  # the harness's own figure is a cross-check, not the result
+    return result
+
+
+def summarize(run_dir, status="completed", reason=None):
+    """The summary of a run folder. For a completed run, a log that cannot be read raises
+    LogError; for a failed one, what could be read is kept and the error noted."""
+    run_dir = Path(run_dir)
+    record_path = run_dir / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    mode = record.get("settings", {}).get("mode")
+    summary = {"run": run_dir.name, "status": status}
+    if reason:
+        summary["reason"] = reason
+    parts = [parse] + ([accuracy] if mode == "accuracy" else [])
+    for part in parts:
+        try:
+            found = part(run_dir)
+        except LogError as error:
+            if status == "completed":
+                raise
+            summary.setdefault("unreadable", []).append(str(error))
+            continue
+        if part is accuracy:
+            summary["accuracy"] = found
+        else:
+            summary.update(found)
+    return summary
+
+
+def write(run_dir, status="completed", reason=None):
+    from retinanet.run_record import write as write_json
+
+    summary = summarize(run_dir, status, reason)
+    write_json(run_dir, summary, SUMMARY)
+    return summary
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m retinanet.run_summary RUN_DIR")
+    try:
+        print(json.dumps(summarize(sys.argv[1]), indent=2))
+    except LogError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
