@@ -91,4 +91,4 @@ def test_half_applied_series_stops_the_run(project_copy, demo, tmp_path, earlier
                 f"RESULTS_DIR={tmp_path / 'results'}", check=False, cwd=project_copy)
     assert proc.returncode != 0
     assert error_line(proc).endswith(
-        "holds 1 of the 5 patches (next: 0002-images-in-validation-data.patch); run 'make patch'")
+        "holds 1 of the 9 patches (next: 0002-images-in-validation-data.patch); run 'make patch'")

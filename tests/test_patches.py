@@ -19,7 +19,7 @@ def run_series(project, action):
 
 def test_make_check_patches_passes(upstream):
     proc = make("check-patches")
-    assert "5 patches: headers complete, apply and revert cleanly on 6776245e99dc" in proc.stdout
+    assert "9 patches: headers complete, apply and revert cleanly on 6776245e99dc" in proc.stdout
 
 
 def test_series_is_numbered_and_documented():
@@ -63,16 +63,16 @@ def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
 
     first = run_series(project_copy, "apply")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("applied 0") == 5
+    assert first.stdout.count("applied 0") == 9
     patched = git_state(upstream)
     assert patched != pristine
 
     again = run_series(project_copy, "apply")
-    assert again.returncode == 0 and again.stdout == "patch series already applied (5 patches)\n"
+    assert again.returncode == 0 and again.stdout == "patch series already applied (9 patches)\n"
     assert git_state(upstream) == patched
 
     reverted = run_series(project_copy, "revert")
-    assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == 5
+    assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == 9
     assert git_state(upstream) == pristine
 
 
@@ -84,7 +84,7 @@ def test_half_applied_series_is_reported_then_finished(project_copy):
 
     verify = run_series(project_copy, "verify")
     assert verify.returncode == 1
-    assert "holds 2 of the 5 patches (next: 0003-map-zero-without-detections.patch); run 'make patch'" in verify.stderr
+    assert "holds 2 of the 9 patches (next: 0003-map-zero-without-detections.patch); run 'make patch'" in verify.stderr
 
     finish = run_series(project_copy, "apply")
     assert finish.returncode == 0

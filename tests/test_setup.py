@@ -57,7 +57,7 @@ def test_setup_twice_changes_nothing(upstream):
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
         "setup: upstream at 6776245e99dc: up to date",
-        "setup: patch series already applied (5 patches)",
+        "setup: patch series already applied (9 patches)",
         "setup: environment .venv: up to date",
         "setup: LoadGen 5.1.1: imports",
     ]
@@ -72,10 +72,10 @@ def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
     proc = subprocess.run(["./setup.sh", "upstream", "patch"], cwd=project_copy, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "setup: upstream at 6776245e99dc" in proc.stdout
-    assert proc.stdout.count("setup: applied 0") == 5
+    assert proc.stdout.count("setup: applied 0") == 9
     listing = subprocess.run(["git", "sparse-checkout", "list"], cwd=upstream, capture_output=True,
                              text=True, check=True).stdout.split()
-    assert listing == ["loadgen", "vision/classification_and_detection"]
+    assert listing == ["calibration/openimages", "loadgen", "vision/classification_and_detection"]
     assert not (upstream / "text_to_image").exists()
     status = subprocess.run(["git", "submodule", "status"], cwd=project_copy, capture_output=True, text=True).stdout
     assert status.split()[:2] == ["6776245e99dce0600cfc9a6fb61efd310f87de3d", "vendor/inference"]
