@@ -84,7 +84,9 @@ def dataset_warnings(data_dir, count):
                if files.get(str(IMAGE_DIR / image["file_name"]), {}).get("bytes")
                != (data_dir / IMAGE_DIR / image["file_name"]).stat().st_size]
     if changed:
-        return [f"{len(changed)} images in {data_dir / IMAGE_DIR} differ from the manifest of "
+        many = len(changed) > 1
+        return [f"{len(changed)} image{'s' if many else ''} in {data_dir / IMAGE_DIR} differ{'' if many else 's'} "
+                "from the manifest of "
                 f"{manifest.get('written')}, first {changed[0]}: {redo}"]
     return []
 

@@ -144,7 +144,7 @@ def compare(manifest, current, problems, manifest_path, accept_new_files):
         return
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
     if added or removed or manifest.get("annotations") != current["annotations"]:
-        what = [f"{len(added)} images added" if added else "", f"{len(removed)} images removed" if removed else "",
+        what = [f"{images(len(added))} added" if added else "", f"{images(len(removed))} removed" if removed else "",
                 "annotations changed" if manifest.get("annotations") != current["annotations"] else ""]
         problems.add("changed set", f"error: the dataset changed since the manifest of {written} "
                                     f"({', '.join(w for w in what if w)}): if that is intended, delete "
@@ -224,6 +224,10 @@ def verify(root, which="validation", max_images=None, full_images=FULL_VALIDATIO
     else:
         line += f"; unchanged since the manifest of {manifest['written']}"
     return problems, line
+
+
+def images(n):
+    return f"{n:,} image" + ("s" if n != 1 else "")
 
 
 def size_text(total):

@@ -236,6 +236,36 @@ def test_unreachable_csv_server_is_named(remote, tmp_path):
         "OPENIMAGES_CSV_URL to a mirror"]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 700 KB file system: room for the CSVs and about half the images."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        reason = f"cannot mount a small tmpfs here to fill ({proc.stderr.strip()}): needs root"
+        print(f"\nSKIP: {reason}")
+        pytest.skip(reason)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_stops_the_download_and_keeps_what_came(remote, small_disk):
+    fake, data = remote["fake"], small_disk / "data"
+    proc = dataset(remote, data, check=False)
+    assert proc.returncode != 0
+    assert f"warning: 20 images to download take about 10 MB; {data / IMAGE_DIR} has " in proc.stdout
+    kept = image_files(data)
+    assert 0 < len(kept) < 20
+    assert error_lines(proc) == [
+        f"error: the disk holding {data / IMAGE_DIR} is full: {len(kept)} of 20 images were downloaded and are kept; "
+        f"free about {(20 - len(kept)) * 0.5:.0f} MB, then run again to download the rest"]
+    for name in kept:
+        assert (data / IMAGE_DIR / name).read_bytes() == fake.objects[f"validation/{name}"]
+    assert leftovers(data) == [] and not (data / ANNOTATIONS).exists()
+
+
 def test_downloaded_dataset_runs_through_eval_at_100_percent(remote, tmp_path, run):
     """The oracle built from the downloaded annotations finds every box of the rendered
     images only if the downloader converted every box right."""
