@@ -101,8 +101,8 @@ check-patches: ## Lint the series and check it applies and reverts on the pinned
 dataset: ## Download the OpenImages MLPerf validation set into DIR (MAX=N for a subset); resumes, then verifies
 	python3 -m retinanet.patch_series verify >/dev/null
 	mkdir -p '$(DIR)'
-	dir=$$(cd '$(DIR)' && pwd) && python=$$(command -v '$(PYTHON)') && \
-	cd $(HARNESS)/tools && PATH=$$(dirname "$$python"):$$PATH $(OPENIMAGES_ENV) \
+	dir=$$(cd '$(DIR)' && pwd) && bin=$$(cd "$$(dirname "$$(command -v '$(PYTHON)')")" && pwd) && \
+	cd $(HARNESS)/tools && PATH=$$bin:$$PATH $(OPENIMAGES_ENV) \
 	./openimages_mlperf.sh --dataset-path "$$dir" $(if $(MAX),--max-images $(MAX))
 	$(PYTHON) -m retinanet.verify_dataset '$(DIR)' --set validation $(if $(MAX),--max $(MAX)) \
 	  --full-images '$(FULL_IMAGES)' --write-manifest
@@ -111,8 +111,8 @@ dataset: ## Download the OpenImages MLPerf validation set into DIR (MAX=N for a 
 calibration: ## Download the 500-image MLPerf calibration set into DIR; resumes, then verifies
 	python3 -m retinanet.patch_series verify >/dev/null
 	mkdir -p '$(DIR)'
-	dir=$$(cd '$(DIR)' && pwd) && python=$$(command -v '$(PYTHON)') && \
-	cd $(HARNESS)/tools && PATH=$$(dirname "$$python"):$$PATH $(OPENIMAGES_ENV) \
+	dir=$$(cd '$(DIR)' && pwd) && bin=$$(cd "$$(dirname "$$(command -v '$(PYTHON)')")" && pwd) && \
+	cd $(HARNESS)/tools && PATH=$$bin:$$PATH $(OPENIMAGES_ENV) \
 	./openimages_calibration_mlperf.sh --dataset-path "$$dir"
 	$(PYTHON) -m retinanet.verify_dataset '$(DIR)' --set calibration --write-manifest
 

@@ -86,7 +86,10 @@ def test_rerun_downloads_nothing_and_keeps_the_files(remote, tmp_path):
     dataset(remote, data)
     before = {p.name: p.stat().st_mtime_ns for p in (data / IMAGE_DIR).iterdir()}
     csv_gets = len(remote["http"].requests())
-    proc = dataset(remote, data)
+    # as a user runs it: the Makefile's own PYTHON (a relative .venv/bin/python)
+    proc = subprocess.run(["make", "dataset", f"DIR={data}", "FULL_IMAGES=20", *endpoints(remote)], cwd=PROJECT_ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
     assert "20 of 20 images are already in" in proc.stdout and "downloading 0" in proc.stdout
     assert len(remote["http"].requests()) == csv_gets, "a CSV already there was downloaded again"
     assert {p.name: p.stat().st_mtime_ns for p in (data / IMAGE_DIR).iterdir()} == before
@@ -226,7 +229,7 @@ def test_class_missing_from_the_class_list_is_named(remote, tmp_path):
     assert OTHER_CLASSES[0].encode() in classes
 
 
-def test_unreachable_csv_server_is_named(remote, tmp_path):
+def test_unreachable_servers_are_named(remote, tmp_path):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -234,6 +237,12 @@ def test_unreachable_csv_server_is_named(remote, tmp_path):
     assert error_lines(proc) == [
         f"error: cannot reach {closed}{VALIDATION_CSV} (ConnectionError): check the network, or set "
         "OPENIMAGES_CSV_URL to a mirror"]
+    # the images' endpoint: one line, not one failure per image after every retry
+    proc = dataset(remote, tmp_path / "data", s3=closed, check=False)
+    assert error_lines(proc) == [
+        f"error: cannot connect to bucket {BUCKET} at {closed}: check the network, or set OPENIMAGES_S3_ENDPOINT "
+        f"to a mirror; the images already downloaded are kept in {tmp_path / 'data' / IMAGE_DIR}, run again to "
+        "continue"]
 
 
 @pytest.fixture
