@@ -145,3 +145,20 @@ def test_removed_image_changes_the_set(data):
     written = json.loads((data / MANIFEST).read_text())["written"]
     assert errors == [f"error: the dataset changed since the manifest of {written} (1 image removed, annotations "
                       f"changed): if that is intended, delete {data / MANIFEST} and verify again"]
+
+
+def test_exif_rotated_photo_is_checked_at_the_size_cv2_reads(tmp_path):
+    """Camera photos carry an EXIF orientation; the downloader records, and the harness
+    reads, what cv2.imread returns: the rotated size."""
+    from PIL import Image
+
+    from retinanet.verify_dataset import check_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(path, exif=exif)
+    height, width = cv2.imread(str(path)).shape[:2]
+    assert (width, height) == (100, 200)
+    assert check_image(path, width, height)[2] is None
+    assert check_image(path, 200, 100)[2] == "is 100x200 pixels, the annotations say 200x100"
