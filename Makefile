@@ -12,10 +12,22 @@ MAKEFLAGS += --no-print-directory
 PYTHON ?= $(if $(filter conda,$(ENV_KIND)),python3,.venv/bin/python)
 ## dataset folder: the downloader's root (annotations/, validation/data/)
 DATA_DIR ?= data/openimages-mlperf
-## where make dataset writes
+## where make dataset and make calibration write, make verify-dataset reads (make model: MODEL_DIR unless set)
 DIR ?= $(DATA_DIR)
 ## make dataset: this many distinct images (empty: all 24,781)
 MAX ?=
+## make dataset, verify-dataset: images in the whole validation set (a mirror of another set may differ)
+FULL_IMAGES ?= 24781
+## make dataset, calibration: base URL of the annotation CSVs (empty: https://storage.googleapis.com/openimages)
+OPENIMAGES_CSV_URL ?=
+## make dataset, calibration: S3-compatible endpoint URL holding the images (empty: AWS S3)
+OPENIMAGES_S3_ENDPOINT ?=
+## make dataset, calibration: bucket holding validation/ and train/ images (empty: open-images-dataset)
+OPENIMAGES_BUCKET ?=
+## make model: pytorch (resnext50_32x4d_fpn.pth, what eval and perf run) or onnx
+FORMAT ?= pytorch
+## make model: zenodo or a mirror serving record/<id>/files/<file> (empty: https://zenodo.org)
+ZENODO_URL ?=
 ## folder holding resnext50_32x4d_fpn.pth
 MODEL_DIR ?= models
 ## the TorchScript model file itself
@@ -80,6 +92,10 @@ RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE
 	INTRA_THREADS='$(INTRA_THREADS)' IMAGE_CACHE='$(IMAGE_CACHE)' GUARD_IMAGES='$(GUARD_IMAGES)' \
 	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)'
 HARNESS := vendor/inference/vision/classification_and_detection
+OPENIMAGES_ENV = OPENIMAGES_CSV_URL='$(OPENIMAGES_CSV_URL)' OPENIMAGES_S3_ENDPOINT='$(OPENIMAGES_S3_ENDPOINT)' \
+	OPENIMAGES_BUCKET='$(OPENIMAGES_BUCKET)'
+# make model writes to DIR when it is given, else to MODEL_DIR
+MODEL_DOWNLOAD_DIR = $(if $(filter file,$(origin DIR)),$(MODEL_DIR),$(DIR))
 
 ##@ Setup
 
@@ -106,12 +122,31 @@ check-patches: ## Lint the series and check it applies and reverts on the pinned
 ##@ Benchmark
 
 .PHONY: dataset
-dataset: ## Download the OpenImages MLPerf validation set into DIR (MAX=N for a subset)
+dataset: ## Download the OpenImages MLPerf validation set into DIR (MAX=N for a subset); resumes, then verifies
 	python3 -m retinanet.patch_series verify >/dev/null
 	mkdir -p '$(DIR)'
-	dir=$$(cd '$(DIR)' && pwd) && python=$$(command -v '$(PYTHON)') && \
-	cd $(HARNESS)/tools && PATH=$$(dirname "$$python"):$$PATH \
+	dir=$$(cd '$(DIR)' && pwd) && bin=$$(cd "$$(dirname "$$(command -v '$(PYTHON)')")" && pwd) && \
+	cd $(HARNESS)/tools && PATH=$$bin:$$PATH $(OPENIMAGES_ENV) \
 	./openimages_mlperf.sh --dataset-path "$$dir" $(if $(MAX),--max-images $(MAX))
+	$(PYTHON) -m retinanet.verify_dataset '$(DIR)' --set validation $(if $(MAX),--max $(MAX)) \
+	  --full-images '$(FULL_IMAGES)' --write-manifest
+
+.PHONY: calibration
+calibration: ## Download the 500-image MLPerf calibration set into DIR; resumes, then verifies
+	python3 -m retinanet.patch_series verify >/dev/null
+	mkdir -p '$(DIR)'
+	dir=$$(cd '$(DIR)' && pwd) && bin=$$(cd "$$(dirname "$$(command -v '$(PYTHON)')")" && pwd) && \
+	cd $(HARNESS)/tools && PATH=$$bin:$$PATH $(OPENIMAGES_ENV) \
+	./openimages_calibration_mlperf.sh --dataset-path "$$dir"
+	$(PYTHON) -m retinanet.verify_dataset '$(DIR)' --set calibration --write-manifest
+
+.PHONY: verify-dataset
+verify-dataset: ## Check DIR against its annotations (files, sizes, classes, count) and its manifest
+	$(PYTHON) -m retinanet.verify_dataset '$(DIR)' $(if $(MAX),--max $(MAX)) --full-images '$(FULL_IMAGES)'
+
+.PHONY: model
+model: ## Download the official model into DIR (default MODEL_DIR), FORMAT=pytorch|onnx; resumes, checks its MD5
+	ZENODO_URL='$(ZENODO_URL)' $(PYTHON) -m retinanet.download_model --dir '$(MODEL_DOWNLOAD_DIR)' --format '$(FORMAT)'
 
 .PHONY: eval
 eval: ## Accuracy run: LoadGen AccuracyOnly, then mAP against the 37.17 target
@@ -191,7 +226,7 @@ help: ## Show this help
 	@awk 'BEGIN { FS = ":.*## " } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5); next } \
 	  /^## / { doc = substr($$0, 4); next } \
-	  /^[A-Z_]+ \?=/ && doc != "" { split($$0, words, " "); name = words[1]; value = $$0; sub(/^[A-Z_]+ \?= ?/, "", value); \
-	    printf "  \033[36m%-15s\033[0m %s (default: %s)\n", name, doc, (value == "" ? "empty" : value) } \
-	  /^[a-zA-Z_-]+:.*## / { printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2 } \
+	  /^[A-Z0-9_]+ \?=/ && doc != "" { split($$0, words, " "); name = words[1]; value = $$0; sub(/^[A-Z0-9_]+ \?= ?/, "", value); \
+	    printf "  \033[36m%-22s\033[0m %s (default: %s)\n", name, doc, (value == "" ? "empty" : value) } \
+	  /^[a-zA-Z_-]+:.*## / { printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2 } \
 	  { doc = "" }' $(MAKEFILE_LIST)

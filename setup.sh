@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 UPSTREAM=vendor/inference
-SPARSE_PATHS=(vision/classification_and_detection loadgen)
+SPARSE_PATHS=(vision/classification_and_detection loadgen calibration/openimages)
 ENV_KIND=${ENV_KIND:-venv}
 VENV=${VENV:-.venv}
 CONDA_ENV=retinanet

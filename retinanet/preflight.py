@@ -1,7 +1,9 @@
 """Check a run's inputs before the harness starts, and say what to do when one is wrong.
 
 Prints shell assignments for run_eval.sh: the resolved device, the settings left on
-auto, the image count and the cache key. Exits 2 with one line per problem.
+auto, the image count and the cache key. Exits 2 with one line per problem. Warns (on
+stderr, without failing) when the model is not the official file or the dataset differs
+from its manifest.
 """
 import argparse
 import hashlib
@@ -12,6 +14,8 @@ import zipfile
 from pathlib import Path
 
 from retinanet import ANNOTATIONS, IMAGE_DIR
+from retinanet.download_model import OFFICIAL, cached_md5
+from retinanet.verify_dataset import MANIFEST
 
 
 def dataset_problems(data_dir, count):
@@ -48,6 +52,43 @@ def model_problems(model):
                 "or set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth"]
     if not zipfile.is_zipfile(model):
         return [f"MODEL={model} is not a TorchScript archive (a .pth zip file): is the download complete?"]
+    return []
+
+
+def model_warnings(model):
+    """The demo models are not official: a warning, not an error."""
+    md5 = cached_md5(model)
+    official = OFFICIAL["pytorch"]
+    if md5 == official["md5"]:
+        return []
+    return [f"MODEL={model} is not the official {official['file']} (MD5 {md5}, official {official['md5']}): "
+            "its mAP says nothing about the reference model; 'make model' downloads the official one"]
+
+
+def dataset_warnings(data_dir, count):
+    """Compare the images in use with the manifest verify-dataset wrote: sizes only, no hashing."""
+    data_dir = Path(data_dir)
+    manifest_path = data_dir / IMAGE_DIR.parent / MANIFEST
+    if not manifest_path.is_file():
+        return []
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        recorded = manifest["annotations"]["sha256"]
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{manifest_path} is not a manifest verify-dataset wrote: run 'make verify-dataset DIR={data_dir}'"]
+    redo = f"run 'make verify-dataset DIR={data_dir}' to see what changed"
+    if hashlib.sha256((data_dir / ANNOTATIONS).read_bytes()).hexdigest() != recorded:
+        return [f"{data_dir / ANNOTATIONS} changed since the manifest of {manifest.get('written')}: {redo}"]
+    images = json.loads((data_dir / ANNOTATIONS).read_text())["images"]
+    changed = [image["file_name"] for image in (images[:count] if count else images)
+               if files.get(str(IMAGE_DIR / image["file_name"]), {}).get("bytes")
+               != (data_dir / IMAGE_DIR / image["file_name"]).stat().st_size]
+    if changed:
+        many = len(changed) > 1
+        return [f"{len(changed)} image{'s' if many else ''} in {data_dir / IMAGE_DIR} differ{'' if many else 's'} "
+                "from the manifest of "
+                f"{manifest.get('written')}, first {changed[0]}: {redo}"]
     return []
 
 
@@ -119,6 +160,8 @@ def main():
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    for warning in model_warnings(args.model) + dataset_warnings(args.data_dir, args.count):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"DEVICE={device}")
     for name, value in settings.items():
         print(f"{name}={value}")

@@ -82,7 +82,8 @@ def project_copy(upstream, tmp_path):
     clone = copy / "vendor" / "inference"
     subprocess.run(["git", "clone", "-q", "--no-checkout", str(UPSTREAM), str(clone)], check=True,
                    capture_output=True)
-    subprocess.run(["git", "sparse-checkout", "set", "--cone", "vision/classification_and_detection", "loadgen"],
+    subprocess.run(["git", "sparse-checkout", "set", "--cone", "vision/classification_and_detection", "loadgen",
+                    "calibration/openimages"],
                    cwd=clone, check=True)
     subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", pin],
                    cwd=clone, check=True)

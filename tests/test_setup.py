@@ -77,7 +77,7 @@ def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
     assert proc.stdout.count("setup: applied 0") == N
     listing = subprocess.run(["git", "sparse-checkout", "list"], cwd=upstream, capture_output=True,
                              text=True, check=True).stdout.split()
-    assert listing == ["loadgen", "vision/classification_and_detection"]
+    assert listing == ["calibration/openimages", "loadgen", "vision/classification_and_detection"]
     assert not (upstream / "text_to_image").exists()
     status = subprocess.run(["git", "submodule", "status"], cwd=project_copy, capture_output=True, text=True).stdout
     assert status.split()[:2] == ["6776245e99dce0600cfc9a6fb61efd310f87de3d", "vendor/inference"]
