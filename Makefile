@@ -42,7 +42,7 @@ COUNT ?=
 BATCH_SIZE ?= auto
 ## harness --threads, worker threads; auto: 1 on a CPU, 2 on a GPU
 THREADS ?= auto
-## fp32, bf16 or fp16 (autocast); auto: bf16 on a CPU, fp16 on a GPU
+## fp32, bf16 or fp16 (autocast); auto: fp16 on a GPU, bf16 on a CPU with native bf16, else fp32
 PRECISION ?= auto
 ## 1: model and inputs in channels_last memory format; auto: 1
 CHANNELS_LAST ?= auto

@@ -112,11 +112,21 @@ def resolve_device(device):
 
 # Fastest settings measured per device (BENCHMARKS.md); fp32 stays one setting away.
 DEVICE_DEFAULTS = {
-    "cpu": {"PRECISION": "bf16", "CHANNELS_LAST": "1", "FREEZE": "0", "BATCH_SIZE": "1", "THREADS": "1"},
+    "cpu": {"PRECISION": "bf16 if native", "CHANNELS_LAST": "1", "FREEZE": "0", "BATCH_SIZE": "1", "THREADS": "1"},
     "gpu": {"PRECISION": "fp16", "CHANNELS_LAST": "1", "FREEZE": "0", "BATCH_SIZE": "16", "THREADS": "2"},
 }
 CHOICES = {"PRECISION": ("fp32", "bf16", "fp16"), "CHANNELS_LAST": ("0", "1"), "FREEZE": ("0", "1"),
            "IMAGE_CACHE": ("none", "uint8", "float32")}
+
+
+def cpu_has_native_bf16():
+    """AVX512-BF16 or AMX: without them bf16 is emulated, 12x slower than fp32 (BENCHMARKS.md)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_settings(device, requested):
@@ -125,6 +135,8 @@ def resolve_settings(device, requested):
     for name, value in requested.items():
         if value in ("", "auto"):
             value = DEVICE_DEFAULTS.get(device, {}).get(name, "")
+            if value == "bf16 if native":
+                value = "bf16" if cpu_has_native_bf16() else "fp32"
         elif name in CHOICES and value not in CHOICES[name]:
             problems.append(f"{name}={value} is not one of: auto, {', '.join(CHOICES[name])}")
         resolved[name] = value

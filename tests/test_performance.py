@@ -97,7 +97,7 @@ def test_guard_on_the_real_architecture(demo):
 
 @pytest.mark.parametrize("device, requested, expected", [
     ("cpu", {"PRECISION": "auto", "BATCH_SIZE": "", "THREADS": "auto"},
-     {"PRECISION": preflight.DEVICE_DEFAULTS["cpu"]["PRECISION"], "BATCH_SIZE": "1", "THREADS": "1"}),
+     {"PRECISION": "bf16" if preflight.cpu_has_native_bf16() else "fp32", "BATCH_SIZE": "1", "THREADS": "1"}),
     ("gpu", {"PRECISION": "auto", "BATCH_SIZE": "auto"}, {"PRECISION": "fp16", "BATCH_SIZE": "16"}),
     ("cpu", {"PRECISION": "fp32", "BATCH_SIZE": "4"}, {"PRECISION": "fp32", "BATCH_SIZE": "4"}),
 ])
