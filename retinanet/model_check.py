@@ -127,6 +127,15 @@ def safety(model, backend, factory, trusted):
     known = KNOWN_MD5.get(md5(model))
     if known:
         return f"pickle: {known}"
+    import torch
+
+    try:  # weights_only=True cannot run code: it tells a state dict from a pickled module
+        torch.load(model, map_location="cpu", weights_only=True)
+    except Exception:
+        pass
+    else:
+        raise ModelProblem(f"MODEL={model} is a state dict or checkpoint, not a TorchScript archive: set "
+                           "MODEL_FACTORY=package.module:function to the function that builds its nn.Module")
     raise ModelProblem(f"MODEL={model} is a full pickle, not a TorchScript archive: loading it runs any code it holds. "
                        "A state dict loads safely with MODEL_FACTORY=package.module:function; "
                        "if you trust the file, set TRUST_MODEL=1")
