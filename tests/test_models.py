@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from retinanet import demo_models, onnx_export
+from retinanet import demo_models, model_check, onnx_export
 
 from conftest import DEMO_USER_CONF
 
@@ -94,10 +94,10 @@ def test_training_format_checkpoint(run, demo, factories):
 
 
 def test_trusted_pickle(run, demo, own_models):
-    proc, record, _ = accuracy_then_performance(run, demo, own_models["root"] / "oracle-pickle.pth",
-                                                "TRUST_MODEL=1", "COUNT=4")
+    proc, run_dir = run("eval", demo["data"], own_models["root"] / "oracle-pickle.pth", "TRUST_MODEL=1", "COUNT=4",
+                        "GUARD_IMAGES=0")
     assert "model check: trusted pickle;" in proc.stdout and "mAP 100.000% on 4 images" in proc.stdout
-    assert record["settings"]["trust_model"] == "1"
+    assert completed(run_dir)["settings"]["trust_model"] == "1"
 
 
 def test_onnx_real_architecture(run, demo, onnx_model):
@@ -144,27 +144,34 @@ def refused(run, demo, model, *settings):
     return lines[0]
 
 
-@pytest.mark.parametrize("variant, message", [
-    ("oracle-xywh", "with x2 < x1 or y2 < y1: boxes must be x1,y1,x2,y2 (is it x,y,width,height?)"),
-    ("oracle-label-plus-one", "have label category_id+1 and none the category_id itself: labels must be "
-                              "the annotation category_id, 0..263"),
-    ("oracle-unscaled", "must lie inside the 800x800 input frame (are they in the original image's pixels"),
-])
-def test_wrong_convention_is_caught_before_the_run(run, demo, variant, message, tmp_path):
-    line = refused(run, demo, demo["models"][variant])
-    assert line.startswith(f"run_eval: error: MODEL={demo['models'][variant]}") or f"MODEL={demo['models'][variant]}" in line
-    assert message in line
+def test_wrong_convention_stops_make_eval_before_the_run(run, demo, tmp_path):
+    line = refused(run, demo, demo["models"]["oracle-xywh"])
+    assert line == (f"error: MODEL={demo['models']['oracle-xywh']}: box 0 on image 1 is [276.8, 126.8, 420.7, 78.0], "
+                    "with x2 < x1 or y2 < y1: boxes must be x1,y1,x2,y2 (is it x,y,width,height?)")
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
-def test_unsorted_scores(run, demo, wrong_models):
-    line = refused(run, demo, wrong_models["unsorted"])
-    assert "are not sorted descending (score 1 is " in line and line.endswith("sort the detections by score")
+# The same checker run_eval.sh calls, in this process: the harness's backend and dataset code.
+@pytest.mark.parametrize("variant, message", [
+    ("oracle-label-plus-one", "have label category_id+1 and none the category_id itself: labels must be "
+                              "the annotation category_id, 0..263"),
+    ("oracle-unscaled", "must lie inside the 800x800 input frame (are they in the original image's pixels"),
+    ("unsorted", "are not sorted descending (score 1 is "),
+    ("returns-tensor", "the model returns a Tensor for one image, not a list of one dict per image with boxes, "
+                       "scores and labels"),
+])
+def test_wrong_contract(demo, wrong_models, variant, message):
+    model = wrong_models.get(variant) or demo["models"][variant]
+    with pytest.raises(model_check.ModelProblem) as problem:
+        model_check.check(model, demo["data"], images=2)
+    assert message in str(problem.value)
 
 
-def test_wrong_output_type(run, demo, wrong_models):
-    line = refused(run, demo, wrong_models["returns-tensor"])
-    assert "the model returns a Tensor for one image, not a list of one dict per image with boxes, scores and labels" in line
+def test_right_contract(demo):
+    first = {image["id"] for image in demo["coco"]["images"][:3]}
+    boxes = sum(ann["image_id"] in first for ann in demo["coco"]["annotations"])
+    assert model_check.check(demo["models"]["oracle"], demo["data"], images=3) == \
+        f"model check: torchscript; output contract kept on 3 images ({boxes} detections)"
 
 
 def test_untrusted_pickle_is_refused_before_loading(run, demo, own_models, tmp_path):
