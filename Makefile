@@ -30,8 +30,16 @@ FORMAT ?= pytorch
 ZENODO_URL ?=
 ## folder holding resnext50_32x4d_fpn.pth
 MODEL_DIR ?= models
-## the TorchScript model file itself
+## the model file: TorchScript, a state dict with MODEL_FACTORY, or ONNX with BACKEND=onnxruntime
 MODEL ?= $(MODEL_DIR)/resnext50_32x4d_fpn.pth
+## pytorch, or onnxruntime (upstream's ONNX backend; batch 1, the model's own precision)
+BACKEND ?= pytorch
+## package.module:function building the nn.Module that MODEL, a state dict, loads into
+MODEL_FACTORY ?=
+## 1: load MODEL even when it is a full pickle, which runs any code it holds (trusted files only)
+TRUST_MODEL ?= 0
+## images the output contract is checked on before each run (0: load check only)
+CHECK_IMAGES ?= 1
 ## cpu, gpu, or auto (gpu when torch sees one)
 DEVICE ?= auto
 ## make perf: Offline, Server, SingleStream or MultiStream
@@ -90,7 +98,8 @@ RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE
 	QPS='$(QPS)' TIME='$(TIME)' USER_CONF='$(USER_CONF)' HARNESS_ARGS='$(HARNESS_ARGS)' \
 	PRECISION='$(PRECISION)' CHANNELS_LAST='$(CHANNELS_LAST)' FREEZE='$(FREEZE)' \
 	INTRA_THREADS='$(INTRA_THREADS)' IMAGE_CACHE='$(IMAGE_CACHE)' GUARD_IMAGES='$(GUARD_IMAGES)' \
-	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)'
+	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)' \
+	BACKEND='$(BACKEND)' MODEL_FACTORY='$(MODEL_FACTORY)' TRUST_MODEL='$(TRUST_MODEL)' CHECK_IMAGES='$(CHECK_IMAGES)'
 HARNESS := vendor/inference/vision/classification_and_detection
 OPENIMAGES_ENV = OPENIMAGES_CSV_URL='$(OPENIMAGES_CSV_URL)' OPENIMAGES_S3_ENDPOINT='$(OPENIMAGES_S3_ENDPOINT)' \
 	OPENIMAGES_BUCKET='$(OPENIMAGES_BUCKET)'

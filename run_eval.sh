@@ -9,6 +9,7 @@
 #   DATA_DIR MODEL_DIR MODEL DEVICE SCENARIO COUNT BATCH_SIZE THREADS QPS TIME
 #   PRECISION CHANNELS_LAST FREEZE INTRA_THREADS IMAGE_CACHE GUARD_IMAGES
 #   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON PROGRESS
+#   BACKEND MODEL_FACTORY TRUST_MODEL CHECK_IMAGES
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -38,6 +39,15 @@ for name in COUNT BATCH_SIZE THREADS QPS TIME INTRA_THREADS; do
 done
 GUARD_IMAGES=${GUARD_IMAGES:-8}
 [[ $GUARD_IMAGES =~ ^[0-9]+$ ]] || die "GUARD_IMAGES=$GUARD_IMAGES is not a whole number"
+BACKEND=${BACKEND:-pytorch}
+case $BACKEND in
+  pytorch | onnxruntime) ;;
+  *) die "BACKEND=$BACKEND is not one of: pytorch, onnxruntime" ;;
+esac
+TRUST_MODEL=${TRUST_MODEL:-0}
+[[ $TRUST_MODEL == [01] ]] || die "TRUST_MODEL=$TRUST_MODEL is not 0 or 1"
+CHECK_IMAGES=${CHECK_IMAGES:-1}
+[[ $CHECK_IMAGES =~ ^[0-9]+$ ]] || die "CHECK_IMAGES=$CHECK_IMAGES is not a whole number"
 PROGRESS=${PROGRESS:-30}
 [[ $PROGRESS =~ ^[0-9]+$ ]] || die "PROGRESS=$PROGRESS is not a whole number of seconds (0: no progress lines)"
 [ -n "${DATA_DIR:-}" ] || die "DATA_DIR is not set: point it at the folder 'make dataset DIR=...' wrote"
@@ -50,15 +60,23 @@ PYTHON=$(command -v "$PYTHON") || die "PYTHON=$PYTHON not found: run 'make setup
 [[ $PYTHON == /* ]] || PYTHON=$ROOT/$PYTHON
 # run_local.sh calls python3 from PATH: make it the environment's.
 PATH=$(dirname "$PYTHON"):$PATH
+# MODEL_FACTORY modules import from the project folder, as well as from PYTHONPATH.
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 
 "$PYTHON" -m retinanet.patch_series verify >/dev/null || exit 2
 [ -f "$USER_CONF" ] || die "USER_CONF=$USER_CONF not found"
 checked=$("$PYTHON" -m retinanet.preflight --data-dir "$DATA_DIR" --model "$MODEL" \
-  --device "${DEVICE:-auto}" --count "${COUNT:-0}" \
+  --device "${DEVICE:-auto}" --count "${COUNT:-0}" --backend "$BACKEND" \
   --setting "PRECISION=${PRECISION:-}" --setting "CHANNELS_LAST=${CHANNELS_LAST:-}" \
   --setting "FREEZE=${FREEZE:-}" --setting "BATCH_SIZE=${BATCH_SIZE:-}" \
   --setting "THREADS=${THREADS:-}" --setting "IMAGE_CACHE=${IMAGE_CACHE:-none}") || exit 2
 eval "$checked" # DEVICE, the settings above resolved for it, IMAGES, CACHE_KEY
+[ "$DEVICE" = cpu ] && export CUDA_VISIBLE_DEVICES= USE_GPU=no # USE_GPU: upstream's onnxruntime backend
+# Safe to load, and the output contract kept, before any run folder or timed run.
+check=(--model "$MODEL" --data-dir "$DATA_DIR" --backend "$BACKEND" --factory "${MODEL_FACTORY:-}"
+  --images "$((CHECK_IMAGES < IMAGES ? CHECK_IMAGES : IMAGES))")
+[ "$TRUST_MODEL" = 1 ] && check+=(--trusted)
+"$PYTHON" -m retinanet.model_check "${check[@]}" || exit 2
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
 MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")
 CACHE_DIR=${CACHE_DIR:-cache}
@@ -82,6 +100,8 @@ args=(--scenario "$SCENARIO" --model "$MODEL" --user_conf "$run_dir/user.conf"
   --cache_dir "$CACHE_DIR/$CACHE_KEY" --image-cache "$IMAGE_CACHE" --precision "$PRECISION"
   --progress "$PROGRESS")
 [ "$mode" = accuracy ] && args+=(--accuracy)
+[ -n "${MODEL_FACTORY:-}" ] && args+=(--model-factory "$MODEL_FACTORY")
+[ "$TRUST_MODEL" = 1 ] && args+=(--trust-pickle)
 [ "$CHANNELS_LAST" = 1 ] && args+=(--channels-last)
 [ "$FREEZE" = 1 ] && args+=(--freeze)
 [ -n "${INTRA_THREADS:-}" ] && args+=(--intra-op-threads "$INTRA_THREADS")
@@ -121,12 +141,13 @@ trap '[ -z "$harness" ] || stop_tree "$harness"; exit 143' TERM
   --setting "intra_threads=${INTRA_THREADS:-}" --setting "image_cache=$IMAGE_CACHE" \
   --setting "model=$MODEL" --setting "data_dir=$DATA_DIR" --setting "images=$IMAGES" \
   --setting "cache_dir=$CACHE_DIR/$CACHE_KEY" --setting "harness_args=${HARNESS_ARGS:-}" \
-  -- ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}"
+  --setting "backend=$BACKEND" --setting "model_factory=${MODEL_FACTORY:-}" --setting "trust_model=$TRUST_MODEL" \
+  -- ./run_local.sh "$BACKEND" retinanet "$DEVICE" "${args[@]}"
 
-echo "run_eval: $mode run, $SCENARIO, $DEVICE, $PRECISION, batch $BATCH_SIZE, $IMAGES images -> $run_dir"
+echo "run_eval: $mode run, $BACKEND, $SCENARIO, $DEVICE, $PRECISION, batch $BATCH_SIZE, $IMAGES images -> $run_dir"
 run_harness() {
   (cd "$HARNESS" && OUTPUT_DIR=$run_dir DATA_DIR=$DATA_DIR MODEL_DIR=$(dirname "$MODEL") \
-    ./run_local.sh pytorch retinanet "$DEVICE" "${args[@]}") 2>&1 | tee "$run_dir/harness.log"
+    ./run_local.sh "$BACKEND" retinanet "$DEVICE" "${args[@]}") 2>&1 | tee "$run_dir/harness.log"
 }
 # In the background and waited for, so that Ctrl-C or TERM stops it at once: in the
 # foreground, bash would run the trap only when the harness ends, and the harness's
@@ -153,7 +174,8 @@ if [ "$mode" = accuracy ]; then
     guard=(--precision "$PRECISION")
     [ "$CHANNELS_LAST" = 1 ] && guard+=(--channels-last)
     [ "$FREEZE" = 1 ] && guard+=(--freeze)
-    [ "$DEVICE" = cpu ] && export CUDA_VISIBLE_DEVICES=
+    [ -n "${MODEL_FACTORY:-}" ] && guard+=(--model-factory "$MODEL_FACTORY")
+    [ "$TRUST_MODEL" = 1 ] && guard+=(--trust-pickle)
     echo "run_eval: accuracy guard: the same model in fp32 on $((GUARD_IMAGES < IMAGES ? GUARD_IMAGES : IMAGES)) images"
     "$PYTHON" -m retinanet.accuracy_guard --model "$MODEL" --data-dir "$DATA_DIR" --images "$GUARD_IMAGES" \
       "${guard[@]}" --out "$run_dir/guard.json" 2>"$run_dir/guard.log" | tail -n 1 >>"$run_dir/result.txt" ||

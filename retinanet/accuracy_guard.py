@@ -35,11 +35,12 @@ def harness_modules():
     return backend_pytorch_native, dataset, openimages
 
 
-def detect(model_path, images, **settings):
+def detect(model_path, images, source=None, **settings):
     """Detections above the score threshold, per image, as numpy (boxes, scores, labels)."""
     backend_module, _, _ = harness_modules()
     backend = backend_module.BackendPytorchNative()
     backend.configure(**settings)
+    backend.set_model_source(**(source or {}))
     backend.load(str(model_path), inputs=["image"], outputs=["boxes", "labels", "scores"])
     results = []
     for image in images:
@@ -95,7 +96,7 @@ def subset_map(truth, image_infos, detections):
     return 100.0 * max(evaluation.stats[0], 0.0)
 
 
-def guard(model, data_dir, images, settings):
+def guard(model, data_dir, images, settings, source=None):
     _, dataset, openimages = harness_modules()
     with tempfile.TemporaryDirectory() as cache_dir:
         ds = openimages.OpenImages(
@@ -103,8 +104,8 @@ def guard(model, data_dir, images, settings):
             image_format="NCHW", pre_process=dataset.pre_process_openimages_retinanet,
             count=images, cache_dir=cache_dir, image_size=[INPUT_SIZE, INPUT_SIZE, 3], image_cache="none")
         pixels = [ds.get_item(i)[0] for i in range(ds.get_item_count())]
-    reference = detect(model, pixels, precision="fp32")
-    candidate = detect(model, pixels, **settings)
+    reference = detect(model, pixels, source, precision="fp32")
+    candidate = detect(model, pixels, source, **settings)
 
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO(str(Path(data_dir) / ANNOTATIONS))
@@ -123,10 +124,13 @@ def main():
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], required=True)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--freeze", action="store_true")
+    parser.add_argument("--model-factory", help="MODULE:FUNCTION that builds the model a state dict loads into")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow a full pickle (run_eval.sh checked it)")
     parser.add_argument("--out", help="write the report here as JSON")
     args = parser.parse_args()
     settings = {"precision": args.precision, "channels_last": args.channels_last, "freeze": args.freeze}
-    report = guard(args.model, args.data_dir, args.images, settings)
+    source = {"model_factory": args.model_factory, "trust_pickle": args.trust_pickle}
+    report = guard(args.model, args.data_dir, args.images, settings, source)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     name = "+".join([args.precision] + ["channels_last"] * args.channels_last + ["freeze"] * args.freeze)

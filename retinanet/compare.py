@@ -23,6 +23,8 @@ SETTINGS = [
     ("user.conf", lambda r: (r.record.get("user_conf") or {}).get("text")),
     ("dataset annotations (md5)", lambda r: (r.record.get("dataset") or {}).get("annotations_md5")),
     ("model (md5)", lambda r: (r.record.get("model") or {}).get("md5")),
+    ("backend", lambda r: r.settings.get("backend") or "pytorch"),
+    ("model factory", lambda r: r.settings.get("model_factory")),
 ]
 SOFTWARE = [
     ("upstream commit", lambda r: (r.record.get("upstream") or {}).get("commit")),

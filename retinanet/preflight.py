@@ -45,11 +45,13 @@ def dataset_problems(data_dir, count):
     return [], len(wanted)
 
 
-def model_problems(model):
+def model_problems(model, backend="pytorch"):
     model = Path(model)
     if not model.is_file():
         return [f"MODEL={model} not found: download it with 'make model DIR=...', "
                 "or set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth"]
+    if backend == "onnxruntime":
+        return []  # model_check.py loads it
     if not zipfile.is_zipfile(model):
         return [f"MODEL={model} is not a TorchScript archive (a .pth zip file): is the download complete?"]
     return []
@@ -119,6 +121,10 @@ CHOICES = {"PRECISION": ("fp32", "bf16", "fp16"), "CHANNELS_LAST": ("0", "1"), "
            "IMAGE_CACHE": ("none", "uint8", "float32")}
 
 
+# The upstream onnxruntime profile: batch 1 (the ONNX model's input), the model's own precision.
+ONNX_SETTINGS = {"PRECISION": "fp32", "CHANNELS_LAST": "0", "FREEZE": "0", "BATCH_SIZE": "1"}
+
+
 def cpu_has_native_bf16():
     """AVX512-BF16 or AMX: without them bf16 is emulated, 12x slower than fp32 (BENCHMARKS.md)."""
     import torch
@@ -129,10 +135,16 @@ def cpu_has_native_bf16():
         return False
 
 
-def resolve_settings(device, requested):
+def resolve_settings(device, requested, backend="pytorch"):
     """Fill the settings left on auto (or empty) with the device's defaults."""
     problems, resolved = [], {}
     for name, value in requested.items():
+        if backend == "onnxruntime" and name in ONNX_SETTINGS:
+            if value not in ("", "auto", ONNX_SETTINGS[name]):
+                problems.append(f"{name}={value} is for BACKEND=pytorch: BACKEND=onnxruntime runs "
+                                f"{name}={ONNX_SETTINGS[name]}; leave {name} on auto")
+            resolved[name] = ONNX_SETTINGS[name]
+            continue
         if value in ("", "auto"):
             value = DEVICE_DEFAULTS.get(device, {}).get(name, "")
             if value == "bf16 if native":
@@ -158,15 +170,19 @@ def main():
     parser.add_argument("--model", required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--backend", default="pytorch")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting to resolve when auto: " + ", ".join(DEVICE_DEFAULTS["cpu"]))
     args = parser.parse_args()
 
     problems, images = dataset_problems(args.data_dir, args.count)
-    problems += model_problems(args.model)
+    if args.backend not in ("pytorch", "onnxruntime"):
+        problems.append(f"BACKEND={args.backend} is not one of: pytorch, onnxruntime")
+    problems += model_problems(args.model, args.backend)
     device, device_problems = resolve_device(args.device)
     problems += device_problems
-    settings, setting_problems = resolve_settings(device, dict(item.split("=", 1) for item in args.setting))
+    settings, setting_problems = resolve_settings(
+        device, dict(item.split("=", 1) for item in args.setting), args.backend)
     problems += setting_problems
     if problems:
         for problem in problems:

@@ -24,7 +24,8 @@ RECORD = "run.json"
 # settings as run_eval.sh names them -> the make variable that sets them
 MAKE_VARIABLES = {"data_dir": "DATA_DIR", "model": "MODEL", "device": "DEVICE", "scenario": "SCENARIO",
                   "count": "COUNT", "batch_size": "BATCH_SIZE", "threads": "THREADS", "qps": "QPS",
-                  "time": "TIME", "user_conf": "USER_CONF", "harness_args": "HARNESS_ARGS"}
+                  "time": "TIME", "user_conf": "USER_CONF", "harness_args": "HARNESS_ARGS",
+                  "backend": "BACKEND", "model_factory": "MODEL_FACTORY", "trust_model": "TRUST_MODEL"}
 
 
 def now():

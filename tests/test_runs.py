@@ -41,7 +41,9 @@ def test_oracle_scores_100_in_harness_and_accuracy_tool(run, demo):
 
 @pytest.mark.parametrize("variant", ["oracle-label-plus-one", "oracle-xywh", "oracle-unscaled"])
 def test_wrong_conventions_score_about_zero(run, demo, variant):
-    proc, run_dir = accuracy_run(run, demo, variant)
+    # The contract check stops these before the run (test_models.py); here the accuracy
+    # tool itself must score them about 0.
+    proc, run_dir = accuracy_run(run, demo, variant, "CHECK_IMAGES=0")
     assert harness_map(run_dir) < 5.0
     assert tool_map(run_dir) < 5.0
     assert "is below the MLPerf target" in proc.stdout
