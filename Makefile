@@ -179,19 +179,22 @@ compare: ## Two runs side by side, with ratios and what makes them unfair to com
 
 DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json
 DEMO_MODELS = $(DEMO_DIR)/models
+# placed after RUN_SETTINGS in a command, these win
+DEMO_SETTINGS = DATA_DIR='$(DEMO_DIR)/data' RESULTS_DIR='$(DEMO_DIR)/results' DEVICE=cpu USER_CONF=conf/demo-user.conf
 
 .PHONY: demo
 demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%), a short Offline perf run, and their report
-	$(MAKE) eval DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/oracle' RESULTS_DIR='$(DEMO_DIR)/results' \
-	  DEVICE=cpu BATCH_SIZE=2 COUNT= USER_CONF=conf/demo-user.conf | tee '$(DEMO_DIR)/eval.log'
-	$(MAKE) perf DATA_DIR='$(DEMO_DIR)/data' MODEL_DIR='$(DEMO_MODELS)/random-weights' RESULTS_DIR='$(DEMO_DIR)/results' \
-	  DEVICE=cpu SCENARIO=Offline BATCH_SIZE=1 THREADS=1 COUNT=3 USER_CONF=conf/demo-user.conf | tee '$(DEMO_DIR)/perf.log'
+	$(RUN_SETTINGS) $(DEMO_SETTINGS) MODEL='$(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth' BATCH_SIZE=2 COUNT= \
+	  ./run_eval.sh accuracy | tee '$(DEMO_DIR)/eval.log'
+	$(RUN_SETTINGS) $(DEMO_SETTINGS) MODEL='$(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth' \
+	  SCENARIO=Offline BATCH_SIZE=1 THREADS=1 COUNT=3 ./run_eval.sh performance | tee '$(DEMO_DIR)/perf.log'
 	@echo
 	@echo "== demo: oracle detector on $(DEMO_DIR)/data (a perfect model must score 100%)"
 	@sed -n '/^mAP [0-9.]*% on/p; /^run folder:/p' '$(DEMO_DIR)/eval.log'
 	@echo "== demo: real architecture, random weights, Offline performance (3 samples)"
 	@sed -n '/^Result is/p; /^Samples per second/p; /^run folder:/p' '$(DEMO_DIR)/perf.log'
-	@$(MAKE) report RESULTS_DIR='$(DEMO_DIR)/results' > '$(DEMO_DIR)/report.log'
+	@$(PYTHON) -m retinanet.report --results '$(DEMO_DIR)/results' --out '$(DEMO_DIR)/results/report' --runs '' \
+	  > '$(DEMO_DIR)/report.log'
 	@echo "== demo: every run so far in $(DEMO_DIR)/results, with its plots"
 	@sed -n '/^report: /p; /^plot: /p' '$(DEMO_DIR)/report.log'
 
