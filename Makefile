@@ -60,7 +60,7 @@ FREEZE ?= auto
 INTRA_THREADS ?=
 ## none: preprocess as LoadGen loads; uint8: also keep a compact cache; float32: upstream's cache
 IMAGE_CACHE ?= none
-## accuracy runs not in plain fp32: compare with fp32 on this many images (0: off)
+## accuracy runs in bf16 or fp16: compare with fp32 on this many images (0: off)
 GUARD_IMAGES ?= 8
 ## harness --qps: target QPS for Server/Offline
 QPS ?=

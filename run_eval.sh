@@ -170,7 +170,7 @@ if [ "$mode" = accuracy ]; then
   [ -n "$map" ] || die "tools/accuracy-openimages.py printed no mAP; see $run_dir/accuracy.txt"
   verdict=$(awk -v m="$map" -v t="$MAP_TARGET" 'BEGIN { print (m >= t) ? "meets" : "is below" }')
   echo "mAP $map% on $IMAGES images: $verdict the MLPerf target $MAP_TARGET% (99% of 37.55%)" >"$run_dir/result.txt"
-  if [ "$PRECISION/$CHANNELS_LAST/$FREEZE" != fp32/0/0 ] && [ "$GUARD_IMAGES" -gt 0 ]; then
+  if [ "$PRECISION" != fp32 ] && [ "$GUARD_IMAGES" -gt 0 ]; then
     guard=(--precision "$PRECISION")
     [ "$CHANNELS_LAST" = 1 ] && guard+=(--channels-last)
     [ "$FREEZE" = 1 ] && guard+=(--freeze)
