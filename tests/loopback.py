@@ -51,7 +51,8 @@ class _Server:
         self.thread.join(timeout=10)
 
 
-class _FileHandler(BaseHTTPRequestHandler):
+class _QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1, no request log on stderr, HEAD answered like GET without a body."""
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
@@ -60,6 +61,8 @@ class _FileHandler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self.do_GET(body=False)
 
+
+class _FileHandler(_QuietHandler):
     def do_GET(self, body=True):
         server = self.server.owner
         path = urlsplit(self.path).path
@@ -117,15 +120,7 @@ class FileServer(_Server):
         self.chunk = chunk
 
 
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_HEAD(self):
-        self.do_GET(body=False)
-
+class _ProxyHandler(_QuietHandler):
     def do_GET(self, body=True):
         proxy = self.server.owner
         with proxy.lock:
