@@ -71,7 +71,8 @@ checked=$("$PYTHON" -m retinanet.preflight --data-dir "$DATA_DIR" --model "$MODE
   --setting "FREEZE=${FREEZE:-}" --setting "BATCH_SIZE=${BATCH_SIZE:-}" \
   --setting "THREADS=${THREADS:-}" --setting "IMAGE_CACHE=${IMAGE_CACHE:-none}") || exit 2
 eval "$checked" # DEVICE, the settings above resolved for it, IMAGES, CACHE_KEY
-[ "$DEVICE" = cpu ] && export CUDA_VISIBLE_DEVICES= USE_GPU=no # USE_GPU: upstream's onnxruntime backend
+# USE_GPU: the onnxruntime backend (patch 0014 makes a gpu run fail rather than use the CPU)
+if [ "$DEVICE" = cpu ]; then export CUDA_VISIBLE_DEVICES= USE_GPU=no; else export USE_GPU=yes; fi
 # Safe to load, and the output contract kept, before any run folder or timed run.
 check=(--model "$MODEL" --data-dir "$DATA_DIR" --backend "$BACKEND" --factory "${MODEL_FACTORY:-}"
   --images "$((CHECK_IMAGES < IMAGES ? CHECK_IMAGES : IMAGES))")

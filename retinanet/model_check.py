@@ -155,21 +155,26 @@ def harness_images(data_dir, count, backend):
         return [ds.get_item(i)[0] for i in range(ds.get_item_count())], list(ds.image_ids)
 
 
-def run_model(model, backend, factory, trusted, pixels):
-    """Per image: the raw output of the harness's backend."""
+def load_model(model, backend, factory):
+    """The harness's backend with the model loaded, and the name of its input."""
     sys.path.insert(0, str(HARNESS / "python"))
     if backend == "onnxruntime":
         import backend_onnxruntime
 
         runtime = backend_onnxruntime.BackendOnnxruntime()
         runtime.load(str(model), inputs=["images"], outputs=["boxes", "labels", "scores"])
-        return [runtime.predict({"images": image[None]}) for image in pixels]
+        return runtime, "images"
     import backend_pytorch_native
 
     runtime = backend_pytorch_native.BackendPytorchNative()
     runtime.set_model_source(factory, trust_pickle=True)  # safety() has decided already
     runtime.load(str(model), inputs=["image"], outputs=["boxes", "labels", "scores"])
-    return [runtime.predict({"image": image[None]}) for image in pixels]
+    return runtime, "image"
+
+
+def first_line(error):
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def as_numpy(value):
@@ -273,13 +278,16 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
     if images <= 0:
         return f"model check: {kind}; output contract not checked (CHECK_IMAGES=0)"
     pixels, image_ids = harness_images(data_dir, images, backend)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            outputs = run_model(model, backend, factory, trusted, pixels)
-    except Exception as error:
-        raise ModelProblem(f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: "
-                           f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}") \
-            from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runtime, input_name = load_model(model, backend, factory)
+        except Exception as error:
+            raise ModelProblem(f"the {backend} backend cannot load it: {first_line(error)}") from None
+        try:
+            outputs = [runtime.predict({input_name: image[None]}) for image in pixels]
+        except Exception as error:
+            raise ModelProblem(f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: {first_line(error)}") \
+                from None
     found = []
     for index, output in enumerate(outputs):
         boxes, scores, labels = detections(output, backend)

@@ -4,6 +4,7 @@ for real, and each wrong model stops before the run with one clear line."""
 import json
 import textwrap
 
+import onnxruntime
 import pytest
 import torch
 from torch import Tensor, nn
@@ -110,6 +111,22 @@ def test_onnx_real_architecture(run, demo, onnx_model):
     assert "run_local.sh onnxruntime retinanet cpu" in " ".join(record["command"])
     print("\nONNX (demo architecture, random weights), Offline samples/s:",
           [line for line in perf.stdout.splitlines() if line.startswith("Samples per second")])
+
+
+def test_onnx_gpu_run_needs_the_cuda_provider(demo, onnx_model, monkeypatch):
+    """run_eval.sh sets USE_GPU=yes for DEVICE=gpu: with the CPU package of onnxruntime
+    (here, as on a GPU host where setup did not install onnxruntime-gpu) the model check
+    stops, where upstream's backend ran on the CPU."""
+    monkeypatch.setenv("USE_GPU", "yes")
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():  # a GPU host: setup chose onnxruntime-gpu
+        assert "output contract kept" in model_check.check(onnx_model, demo["data"], backend="onnxruntime", images=1)
+        return
+    with pytest.raises(model_check.ModelProblem) as refusal:
+        model_check.check(onnx_model, demo["data"], backend="onnxruntime", images=1)
+    assert str(refusal.value).startswith("the onnxruntime backend cannot load it: RuntimeError: USE_GPU=yes but "
+                                         "onnxruntime 1.31.1 has no CUDAExecutionProvider (it has ")
+    assert str(refusal.value).endswith("install onnxruntime-gpu in place of onnxruntime, or set USE_GPU=no "
+                                       "to run on the CPU")
 
 
 # -- wrong models: one line before the run, no run folder --------------------------------
