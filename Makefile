@@ -88,6 +88,8 @@ CACHE_DIR ?= cache
 TORCH_INDEX_URL ?=
 ## make setup: venv (.venv) or conda (env 'retinanet' from retinanet.yaml)
 ENV_KIND ?= venv
+## make setup: onnxruntime or onnxruntime-gpu; empty: onnxruntime-gpu where nvidia-smi lists a GPU
+ONNXRUNTIME ?=
 ## make demo: where the generated dataset, models and runs go
 DEMO_DIR ?= demo
 ## make test: extra pytest arguments, e.g. -k patches
@@ -110,7 +112,7 @@ MODEL_DOWNLOAD_DIR = $(if $(filter file,$(origin DIR)),$(MODEL_DIR),$(DIR))
 
 .PHONY: setup
 setup: ## Environment, upstream at the pin, patches, LoadGen; safe to run again
-	ENV_KIND='$(ENV_KIND)' TORCH_INDEX_URL='$(TORCH_INDEX_URL)' ./setup.sh
+	ENV_KIND='$(ENV_KIND)' TORCH_INDEX_URL='$(TORCH_INDEX_URL)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh
 
 .PHONY: loadgen
 loadgen: ## Install and verify the LoadGen wheel of the pinned upstream
@@ -224,7 +226,7 @@ bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference 
 
 .PHONY: test
 test: ## Set up what the tests need, then run them
-	ENV_KIND='$(ENV_KIND)' ./setup.sh env
+	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
 	./setup.sh upstream || echo "make test: upstream cannot be reached; tests that need it are skipped"
 	if [ -e vendor/inference/.git ]; then ENV_KIND='$(ENV_KIND)' ./setup.sh patch loadgen; fi
 	$(PYTHON) -m pytest $(PYTEST_ARGS) tests

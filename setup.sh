@@ -13,7 +13,9 @@
 #   loadgen   the mlcommons-loadgen wheel of the pinned upstream's loadgen/VERSION.txt
 #
 # Environment: ENV_KIND=venv|conda, VENV (default .venv), TORCH_INDEX_URL (a PyTorch
-# wheel index, e.g. https://download.pytorch.org/whl/cu126 for an older CUDA driver).
+# wheel index, e.g. https://download.pytorch.org/whl/cu126 for an older CUDA driver),
+# ONNXRUNTIME=onnxruntime|onnxruntime-gpu (default: onnxruntime-gpu where nvidia-smi
+# lists a GPU).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,6 +25,7 @@ ENV_KIND=${ENV_KIND:-venv}
 VENV=${VENV:-.venv}
 CONDA_ENV=retinanet
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
+ONNXRUNTIME=${ONNXRUNTIME:-$(nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo onnxruntime-gpu || echo onnxruntime)}
 
 say() { echo "setup: $*"; }
 die() {
@@ -79,9 +82,25 @@ step_patch() {
   python3 -m retinanet.patch_series apply | sed 's/^/setup: /'
 }
 
+# requirements.txt pins the CPU package; onnxruntime-gpu takes its place at the same
+# version. Both install into onnxruntime/, so the other one goes first.
+install_onnxruntime() {
+  local python=$1 version
+  version=$(sed -n 's/^onnxruntime==//p' requirements.txt)
+  [ "$ONNXRUNTIME" = onnxruntime ] && return
+  say "installing onnxruntime-gpu==$version in place of onnxruntime"
+  "$python" -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu 2>/dev/null || true
+  # [cuda,cudnn]: CUDA 13 and cuDNN 9 as pip packages, the ones the torch wheel uses
+  "$python" -m pip install --quiet --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==$version"
+}
+
 step_env() {
   local stamp want python
-  want=$(cat requirements.txt retinanet.yaml | sha256sum | cut -c1-16)-${TORCH_INDEX_URL:-pypi}
+  case $ONNXRUNTIME in
+    onnxruntime | onnxruntime-gpu) ;;
+    *) die "ONNXRUNTIME=$ONNXRUNTIME is not one of: onnxruntime, onnxruntime-gpu" ;;
+  esac
+  want=$(cat requirements.txt retinanet.yaml | sha256sum | cut -c1-16)-${TORCH_INDEX_URL:-pypi}-$ONNXRUNTIME
   case $ENV_KIND in
     venv)
       stamp=$VENV/.retinanet-requirements
@@ -97,7 +116,10 @@ step_env() {
           $(grep -E '^(torch|torchvision)==' requirements.txt)
       fi
       say "installing requirements.txt into $VENV (a few minutes the first time)"
+      # onnxruntime-gpu would be overwritten in part by the CPU package's files
+      "$python" -m pip uninstall --quiet -y onnxruntime-gpu 2>/dev/null || true
       "$python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+      install_onnxruntime "$python"
       echo "$want" >"$stamp"
       ;;
     conda)
@@ -118,6 +140,7 @@ step_env() {
         "$python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" \
           $(grep -E '^(torch|torchvision)==' requirements.txt)
       fi
+      install_onnxruntime "$python"
       echo "$want" >"${python%/bin/python}/.retinanet-requirements"
       ;;
     *) die "ENV_KIND=$ENV_KIND is not one of: venv, conda" ;;

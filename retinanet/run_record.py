@@ -35,7 +35,7 @@ def now():
 def package_versions():
     versions = {"python": platform.python_version()}
     for name in ["torch", "torchvision", "mlcommons-loadgen", "numpy", "pandas", "pycocotools",
-                 "opencv-python-headless", "onnxruntime"]:
+                 "opencv-python-headless", "onnxruntime", "onnxruntime-gpu"]:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

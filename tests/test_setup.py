@@ -1,6 +1,7 @@
 """setup.sh and the environment: idempotence, one pin, no drift between the env files,
 and a clear message when upstream cannot be cloned."""
 import importlib.metadata
+import os
 import re
 import subprocess
 
@@ -18,6 +19,10 @@ def requirement_names():
     return {re.split(r"[=<>~!]", line)[0].strip().lower() for line in lines if line and not line.startswith("#")}
 
 
+def normalized(name):  # PEP 503
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def test_conda_env_reads_requirements_txt_only():
     env = yaml.safe_load((PROJECT_ROOT / "retinanet.yaml").read_text())
     assert env["name"] == "retinanet"
@@ -30,9 +35,14 @@ def test_conda_env_reads_requirements_txt_only():
 def test_requirements_are_pinned_and_installed():
     lines = [line for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
              if line and not line.startswith("#")]
+    installed = {normalized(dist.metadata["Name"]): dist.version for dist in importlib.metadata.distributions()}
     for line in lines:
         name, version = line.split("==")
-        assert importlib.metadata.version(name) == version, line
+        name = normalized(name)
+        if name == "onnxruntime" and "onnxruntime-gpu" in installed:  # setup's choice on a GPU host
+            name = "onnxruntime-gpu"
+        assert installed.get(name) == version, line
+    assert not {"onnxruntime", "onnxruntime-gpu"} <= installed.keys(), "both write onnxruntime/: one must go"
     assert "mlcommons-loadgen" not in requirement_names(), "LoadGen's version comes from the pinned upstream"
 
 
@@ -65,6 +75,13 @@ def test_setup_twice_changes_nothing(upstream):
     ]
     assert git_state(PROJECT_ROOT) == project and git_state(UPSTREAM) == vendor
     assert (PROJECT_ROOT / ".venv" / ".retinanet-requirements").stat().st_mtime_ns == stamp
+
+
+def test_setup_refuses_an_unknown_onnxruntime_package():
+    proc = subprocess.run(["./setup.sh", "env"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "ONNXRUNTIME": "onnxruntime-rocm"})
+    assert proc.returncode == 1
+    assert proc.stderr == "setup: error: ONNXRUNTIME=onnxruntime-rocm is not one of: onnxruntime, onnxruntime-gpu\n"
 
 
 def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
