@@ -72,6 +72,8 @@ USER_CONF ?=
 HARNESS_ARGS ?=
 ## seconds between progress lines (samples done / total, time left) while LoadGen runs; 0: none
 PROGRESS ?= 30
+## inferences on the first image before LoadGen starts (upstream's 5); 0: none, e.g. for accuracy on a CPU
+WARMUP ?= 5
 ## every run gets a new folder in here
 RESULTS_DIR ?= results
 ## make report: run folders to include, names or patterns under RESULTS_DIR (empty: all)
@@ -100,7 +102,7 @@ RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE
 	QPS='$(QPS)' TIME='$(TIME)' USER_CONF='$(USER_CONF)' HARNESS_ARGS='$(HARNESS_ARGS)' \
 	PRECISION='$(PRECISION)' CHANNELS_LAST='$(CHANNELS_LAST)' FREEZE='$(FREEZE)' \
 	INTRA_THREADS='$(INTRA_THREADS)' IMAGE_CACHE='$(IMAGE_CACHE)' GUARD_IMAGES='$(GUARD_IMAGES)' \
-	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)' \
+	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)' WARMUP='$(WARMUP)' \
 	BACKEND='$(BACKEND)' MODEL_FACTORY='$(MODEL_FACTORY)' TRUST_MODEL='$(TRUST_MODEL)' CHECK_IMAGES='$(CHECK_IMAGES)'
 HARNESS := vendor/inference/vision/classification_and_detection
 OPENIMAGES_ENV = OPENIMAGES_CSV_URL='$(OPENIMAGES_CSV_URL)' OPENIMAGES_S3_ENDPOINT='$(OPENIMAGES_S3_ENDPOINT)' \

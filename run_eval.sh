@@ -8,7 +8,7 @@
 # Settings come from the environment; the Makefile passes its variables (make help):
 #   DATA_DIR MODEL_DIR MODEL DEVICE SCENARIO COUNT BATCH_SIZE THREADS QPS TIME
 #   PRECISION CHANNELS_LAST FREEZE INTRA_THREADS IMAGE_CACHE GUARD_IMAGES
-#   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON PROGRESS
+#   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON PROGRESS WARMUP
 #   BACKEND MODEL_FACTORY TRUST_MODEL CHECK_IMAGES
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,6 +49,8 @@ CHECK_IMAGES=${CHECK_IMAGES:-1}
 [[ $CHECK_IMAGES =~ ^[0-9]+$ ]] || die "CHECK_IMAGES=$CHECK_IMAGES is not a whole number"
 PROGRESS=${PROGRESS:-30}
 [[ $PROGRESS =~ ^[0-9]+$ ]] || die "PROGRESS=$PROGRESS is not a whole number of seconds (0: no progress lines)"
+WARMUP=${WARMUP:-5}
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP=$WARMUP is not a whole number of inferences (0: no warm-up)"
 [ -n "${DATA_DIR:-}" ] || die "DATA_DIR is not set: point it at the folder 'make dataset DIR=...' wrote"
 MODEL=${MODEL:-${MODEL_DIR:+$MODEL_DIR/resnext50_32x4d_fpn.pth}}
 [ -n "$MODEL" ] || die "set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth, or MODEL to the file"
@@ -98,7 +100,7 @@ cp "$USER_CONF" "$run_dir/user.conf"
 
 args=(--scenario "$SCENARIO" --model "$MODEL" --user_conf "$run_dir/user.conf"
   --cache_dir "$CACHE_DIR/$CACHE_KEY" --image-cache "$IMAGE_CACHE" --precision "$PRECISION"
-  --progress "$PROGRESS")
+  --progress "$PROGRESS" --warmup "$WARMUP")
 [ "$mode" = accuracy ] && args+=(--accuracy)
 [ -n "${MODEL_FACTORY:-}" ] && args+=(--model-factory "$MODEL_FACTORY")
 [ "$TRUST_MODEL" = 1 ] && args+=(--trust-pickle)
@@ -142,6 +144,7 @@ trap '[ -z "$harness" ] || stop_tree "$harness"; exit 143' TERM
   --setting "model=$MODEL" --setting "data_dir=$DATA_DIR" --setting "images=$IMAGES" \
   --setting "cache_dir=$CACHE_DIR/$CACHE_KEY" --setting "harness_args=${HARNESS_ARGS:-}" \
   --setting "backend=$BACKEND" --setting "model_factory=${MODEL_FACTORY:-}" --setting "trust_model=$TRUST_MODEL" \
+  --setting "warmup=$WARMUP" \
   -- ./run_local.sh "$BACKEND" retinanet "$DEVICE" "${args[@]}"
 
 echo "run_eval: $mode run, $BACKEND, $SCENARIO, $DEVICE, $PRECISION, batch $BATCH_SIZE, $IMAGES images -> $run_dir"

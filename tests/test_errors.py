@@ -73,6 +73,7 @@ def test_model_that_is_not_torchscript(run, demo, tmp_path, earlier_results):
     ("SCENARIO=Batch", "SCENARIO=Batch is not one of: Offline, Server, SingleStream, MultiStream"),
     ("DEVICE=tpu", "DEVICE=tpu is not one of: auto, cpu, gpu"),
     ("COUNT=ten", "COUNT=ten is not a positive whole number"),
+    ("WARMUP=-1", "WARMUP=-1 is not a whole number of inferences (0: no warm-up)"),
 ])
 def test_unknown_settings(run, demo, setting, message, earlier_results):
     line = fails(run, setting, demo=demo, target="perf")

@@ -103,7 +103,7 @@ def test_trusted_pickle(run, demo, own_models):
 
 def test_onnx_real_architecture(run, demo, onnx_model):
     proc, record, perf = accuracy_then_performance(run, demo, onnx_model, "BACKEND=onnxruntime",
-                                                   accuracy=("COUNT=1",))
+                                                   accuracy=("COUNT=1", "WARMUP=0"), performance=("WARMUP=1",))
     assert "model check: onnx;" in proc.stdout
     assert "run_eval: accuracy run, onnxruntime," in proc.stdout
     assert "mAP " in proc.stdout and " on 1 images" in proc.stdout
