@@ -83,15 +83,18 @@ step_patch() {
 }
 
 # requirements.txt pins the CPU package; onnxruntime-gpu takes its place at the same
-# version. Both install into onnxruntime/, so the other one goes first.
+# version. Both install into onnxruntime/: when the other one is there too, its files
+# have been overwritten in part, so both go and the chosen one is installed afresh.
 install_onnxruntime() {
-  local python=$1 version
+  local python=$1 version other package
   version=$(sed -n 's/^onnxruntime==//p' requirements.txt)
-  [ "$ONNXRUNTIME" = onnxruntime ] && return
-  say "installing onnxruntime-gpu==$version in place of onnxruntime"
-  "$python" -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu 2>/dev/null || true
+  other=onnxruntime-gpu package=onnxruntime
   # [cuda,cudnn]: CUDA 13 and cuDNN 9 as pip packages, the ones the torch wheel uses
-  "$python" -m pip install --quiet --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==$version"
+  [ "$ONNXRUNTIME" = onnxruntime-gpu ] && other=onnxruntime package="onnxruntime-gpu[cuda,cudnn]"
+  "$python" -m pip show --quiet "$other" 2>/dev/null || return 0
+  say "installing $ONNXRUNTIME==$version in place of $other"
+  "$python" -m pip uninstall -qq -y onnxruntime onnxruntime-gpu # -qq: no "Skipping ... not installed"
+  "$python" -m pip install --quiet --disable-pip-version-check "$package==$version"
 }
 
 step_env() {
@@ -116,8 +119,6 @@ step_env() {
           $(grep -E '^(torch|torchvision)==' requirements.txt)
       fi
       say "installing requirements.txt into $VENV (a few minutes the first time)"
-      # onnxruntime-gpu would be overwritten in part by the CPU package's files
-      "$python" -m pip uninstall --quiet -y onnxruntime-gpu 2>/dev/null || true
       "$python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
       install_onnxruntime "$python"
       echo "$want" >"$stamp"
