@@ -74,6 +74,8 @@ HARNESS_ARGS ?=
 PROGRESS ?= 30
 ## inferences on the first image before LoadGen starts (upstream's 5); 0: none, e.g. for accuracy on a CPU
 WARMUP ?= 5
+## seconds without a completed inference before a run stops as stalled; auto: 10x the slowest so far, at least 60
+STALL_TIMEOUT ?= auto
 ## every run gets a new folder in here
 RESULTS_DIR ?= results
 ## make report: run folders to include, names or patterns under RESULTS_DIR (empty: all)
@@ -103,7 +105,8 @@ RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE
 	PRECISION='$(PRECISION)' CHANNELS_LAST='$(CHANNELS_LAST)' FREEZE='$(FREEZE)' \
 	INTRA_THREADS='$(INTRA_THREADS)' IMAGE_CACHE='$(IMAGE_CACHE)' GUARD_IMAGES='$(GUARD_IMAGES)' \
 	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)' WARMUP='$(WARMUP)' \
-	BACKEND='$(BACKEND)' MODEL_FACTORY='$(MODEL_FACTORY)' TRUST_MODEL='$(TRUST_MODEL)' CHECK_IMAGES='$(CHECK_IMAGES)'
+	BACKEND='$(BACKEND)' MODEL_FACTORY='$(MODEL_FACTORY)' TRUST_MODEL='$(TRUST_MODEL)' CHECK_IMAGES='$(CHECK_IMAGES)' \
+	STALL_TIMEOUT='$(STALL_TIMEOUT)'
 HARNESS := vendor/inference/vision/classification_and_detection
 OPENIMAGES_ENV = OPENIMAGES_CSV_URL='$(OPENIMAGES_CSV_URL)' OPENIMAGES_S3_ENDPOINT='$(OPENIMAGES_S3_ENDPOINT)' \
 	OPENIMAGES_BUCKET='$(OPENIMAGES_BUCKET)'

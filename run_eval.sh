@@ -9,16 +9,18 @@
 #   DATA_DIR MODEL_DIR MODEL DEVICE SCENARIO COUNT BATCH_SIZE THREADS QPS TIME
 #   PRECISION CHANNELS_LAST FREEZE INTRA_THREADS IMAGE_CACHE GUARD_IMAGES
 #   USER_CONF HARNESS_ARGS RESULTS_DIR CACHE_DIR PYTHON PROGRESS WARMUP
-#   BACKEND MODEL_FACTORY TRUST_MODEL CHECK_IMAGES
+#   BACKEND MODEL_FACTORY TRUST_MODEL CHECK_IMAGES STALL_TIMEOUT
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
 HARNESS=$ROOT/vendor/inference/vision/classification_and_detection
 
 fail_reason=
+recording= # once set, on_exit records the failure and prints it
+# die REASON [FALLBACK]: FALLBACK when REASON is empty
 die() {
-  fail_reason=$*
-  echo "run_eval: error: $*" >&2
+  fail_reason=${1:-${2:-}}
+  [ -n "$recording" ] || echo "run_eval: error: $fail_reason" >&2
   exit 2
 }
 
@@ -32,7 +34,7 @@ case $SCENARIO in
   Offline | Server | SingleStream | MultiStream) ;;
   *) die "SCENARIO=$SCENARIO is not one of: Offline, Server, SingleStream, MultiStream" ;;
 esac
-for name in COUNT BATCH_SIZE THREADS QPS TIME INTRA_THREADS; do
+for name in COUNT BATCH_SIZE THREADS QPS TIME INTRA_THREADS STALL_TIMEOUT; do
   value=${!name:-}
   [[ -z $value || $value == auto || $value =~ ^[1-9][0-9]*$ ]] || die "$name=$value is not a positive whole number"
 done
@@ -75,8 +77,12 @@ eval "$checked" # DEVICE, the settings above resolved for it, IMAGES, CACHE_KEY
 # USE_GPU: the onnxruntime backend (patch 0014 makes a gpu run fail rather than use the CPU)
 if [ "$DEVICE" = cpu ]; then export CUDA_VISIBLE_DEVICES= USE_GPU=no; else export USE_GPU=yes; fi
 # Safe to load, and the output contract kept, before any run folder or timed run.
+# STALL_TIMEOUT: seconds without a completed inference; 0 lets each step derive it (failfast.py)
+STALL_TIMEOUT=${STALL_TIMEOUT:-auto}
+stall=0
+[ "$STALL_TIMEOUT" = auto ] || stall=$STALL_TIMEOUT
 check=(--model "$MODEL" --data-dir "$DATA_DIR" --backend "$BACKEND" --factory "${MODEL_FACTORY:-}"
-  --images "$((CHECK_IMAGES < IMAGES ? CHECK_IMAGES : IMAGES))")
+  --images "$((CHECK_IMAGES < IMAGES ? CHECK_IMAGES : IMAGES))" --stall-timeout "$stall")
 [ "$TRUST_MODEL" = 1 ] && check+=(--trusted)
 "$PYTHON" -m retinanet.model_check "${check[@]}" || exit 2
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
@@ -100,7 +106,7 @@ cp "$USER_CONF" "$run_dir/user.conf"
 
 args=(--scenario "$SCENARIO" --model "$MODEL" --user_conf "$run_dir/user.conf"
   --cache_dir "$CACHE_DIR/$CACHE_KEY" --image-cache "$IMAGE_CACHE" --precision "$PRECISION"
-  --progress "$PROGRESS" --warmup "$WARMUP")
+  --progress "$PROGRESS" --warmup "$WARMUP" --stall-timeout "$stall")
 [ "$mode" = accuracy ] && args+=(--accuracy)
 [ -n "${MODEL_FACTORY:-}" ] && args+=(--model-factory "$MODEL_FACTORY")
 [ "$TRUST_MODEL" = 1 ] && args+=(--trust-pickle)
@@ -122,8 +128,10 @@ stop_tree() { # TERM a process and every process under it, by pid, children firs
   for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do stop_tree "$child"; done
   kill -TERM "$1" 2>/dev/null || true
 }
+recorder=
 on_exit() {
   local status=$?
+  [ -z "$recorder" ] || wait "$recorder" || true # finish reads what start wrote
   if [ -z "$finished" ]; then
     local reason=${fail_reason:-"exited with status $status"}
     [ "$status" -ge 128 ] && reason="interrupted by signal $((status - 128))"
@@ -132,9 +140,11 @@ on_exit() {
   fi
 }
 trap on_exit EXIT
+recording=yes
 trap '[ -z "$harness" ] || stop_tree "$harness"; exit 130' INT
 trap '[ -z "$harness" ] || stop_tree "$harness"; exit 143' TERM
 
+# run.json is written while the harness starts (both take seconds, each on one core)
 "$PYTHON" -m retinanet.run_record start "$run_dir" --pid $$ \
   --setting "mode=$mode" --setting "scenario=$SCENARIO" --setting "device=$DEVICE" \
   --setting "count=${COUNT:-}" --setting "batch_size=${BATCH_SIZE:-}" --setting "threads=${THREADS:-}" \
@@ -144,8 +154,9 @@ trap '[ -z "$harness" ] || stop_tree "$harness"; exit 143' TERM
   --setting "model=$MODEL" --setting "data_dir=$DATA_DIR" --setting "images=$IMAGES" \
   --setting "cache_dir=$CACHE_DIR/$CACHE_KEY" --setting "harness_args=${HARNESS_ARGS:-}" \
   --setting "backend=$BACKEND" --setting "model_factory=${MODEL_FACTORY:-}" --setting "trust_model=$TRUST_MODEL" \
-  --setting "warmup=$WARMUP" \
-  -- ./run_local.sh "$BACKEND" retinanet "$DEVICE" "${args[@]}"
+  --setting "warmup=$WARMUP" --setting "stall_timeout=$STALL_TIMEOUT" \
+  -- ./run_local.sh "$BACKEND" retinanet "$DEVICE" "${args[@]}" &
+recorder=$!
 
 echo "run_eval: $mode run, $BACKEND, $SCENARIO, $DEVICE, $PRECISION, batch $BATCH_SIZE, $IMAGES images -> $run_dir"
 run_harness() {
@@ -157,12 +168,15 @@ run_harness() {
 # Python sees SIGINT only once LoadGen returns, hours later in a long run.
 run_harness &
 harness=$!
-wait "$harness"
+status=0
+wait "$harness" || status=$?
 harness=
-
-# The harness logs a model's exception and answers the query empty: that is a failure.
-if failures=$(grep -c "thread: failed on contentid" "$run_dir/harness.log"); then
-  die "the model raised on $failures queries: $(grep -m1 'thread: failed on contentid' "$run_dir/harness.log")"
+wait "$recorder" || die "run_record.py could not write $run_dir/run.json"
+recorder=
+if [ "$status" -ne 0 ]; then
+  # the harness ends at its first failure with one line that says why (failfast.py)
+  reason=$(sed -n 's/^main\.py: error: //p' "$run_dir/harness.log" | head -n 1)
+  die "${reason//--stall-timeout/STALL_TIMEOUT}" "the harness exited with status $status; see $run_dir/harness.log"
 fi
 
 if [ "$mode" = accuracy ]; then
@@ -177,7 +191,7 @@ print(MAP_TARGET, REFERENCE_MAP)')
   verdict=$(awk -v m="$map" -v t="$target" 'BEGIN { print (m >= t) ? "meets" : "is below" }')
   echo "mAP $map% on $IMAGES images: $verdict the MLPerf target $target% (99% of $reference%)" >"$run_dir/result.txt"
   if [ "$PRECISION" != fp32 ] && [ "$GUARD_IMAGES" -gt 0 ]; then
-    guard=(--precision "$PRECISION")
+    guard=(--precision "$PRECISION" --stall-timeout "$stall")
     [ "$CHANNELS_LAST" = 1 ] && guard+=(--channels-last)
     [ "$FREEZE" = 1 ] && guard+=(--freeze)
     [ -n "${MODEL_FACTORY:-}" ] && guard+=(--model-factory "$MODEL_FACTORY")
@@ -185,7 +199,8 @@ print(MAP_TARGET, REFERENCE_MAP)')
     echo "run_eval: accuracy guard: the same model in fp32 on $((GUARD_IMAGES < IMAGES ? GUARD_IMAGES : IMAGES)) images"
     "$PYTHON" -m retinanet.accuracy_guard --model "$MODEL" --data-dir "$DATA_DIR" --images "$GUARD_IMAGES" \
       "${guard[@]}" --out "$run_dir/guard.json" 2>"$run_dir/guard.log" | tail -n 1 >>"$run_dir/result.txt" ||
-      die "the accuracy guard failed; see $run_dir/guard.log"
+      die "$(sed -n 's/^accuracy_guard\.py: error: /the accuracy guard failed: /p' "$run_dir/guard.log" | head -n 1)" \
+        "the accuracy guard failed; see $run_dir/guard.log"
   fi
 else
   grep -E "^(Scenario|Mode|Result is|Samples per second|Completed samples per second|Scheduled samples per second|[0-9.]+ percentile latency|Mean latency|  (Min duration|Min queries|Early stopping) satisfied|Early Stopping Result)" \

@@ -11,6 +11,8 @@ import io
 import json
 import sys
 import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -35,19 +37,33 @@ def harness_modules():
     return backend_pytorch_native, dataset, openimages
 
 
-def detect(model_path, images, source=None, **settings):
-    """Detections above the score threshold, per image, as numpy (boxes, scores, labels)."""
+class GuardError(Exception):
+    """One line: where the model failed."""
+
+
+def detect(model_path, images, source=None, stall_timeout=0, **settings):
+    """Detections above the score threshold, per image, as numpy (boxes, scores, labels).
+    A model that stalls ends the process (failfast.py)."""
     backend_module, _, _ = harness_modules()
+    import failfast
+
     backend = backend_module.BackendPytorchNative()
     backend.configure(**settings)
     backend.set_model_source(**(source or {}))
     backend.load(str(model_path), inputs=["image"], outputs=["boxes", "labels", "scores"])
     results = []
-    for image in images:
-        output = backend.predict({"image": image[None]})[0]
-        keep = output["scores"].float() >= SCORE_THRESHOLD
-        results.append(tuple(output[key][keep].float().cpu().numpy() if key != "labels"
-                             else output[key][keep].cpu().numpy() for key in ("boxes", "scores", "labels")))
+    with failfast.Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
+        for number, image in enumerate(images, start=1):
+            watchdog.issued(1)
+            started = time.monotonic()
+            try:
+                output = backend.predict({"image": image[None]})[0]
+            except Exception as error:
+                raise GuardError(f"the model raised in {settings.get('precision', 'fp32')} on image {number} "
+                                 f"of {len(images)}: {failfast.describe(error)}") from error
+            watchdog.completed(1, time.monotonic() - started)
+            keep = output["scores"] >= SCORE_THRESHOLD
+            results.append(tuple(output[key][keep].cpu().numpy() for key in ("boxes", "scores", "labels")))
     return results
 
 
@@ -96,7 +112,7 @@ def subset_map(truth, image_infos, detections):
     return 100.0 * max(evaluation.stats[0], 0.0)
 
 
-def guard(model, data_dir, images, settings, source=None):
+def guard(model, data_dir, images, settings, source=None, stall_timeout=0):
     _, dataset, openimages = harness_modules()
     with tempfile.TemporaryDirectory() as cache_dir:
         ds = openimages.OpenImages(
@@ -104,8 +120,8 @@ def guard(model, data_dir, images, settings, source=None):
             image_format="NCHW", pre_process=dataset.pre_process_openimages_retinanet,
             count=images, cache_dir=cache_dir, image_size=[INPUT_SIZE, INPUT_SIZE, 3], image_cache="none")
         pixels = [ds.get_item(i)[0] for i in range(ds.get_item_count())]
-    reference = detect(model, pixels, source, precision="fp32")
-    candidate = detect(model, pixels, source, **settings)
+    reference = detect(model, pixels, source, stall_timeout, precision="fp32")
+    candidate = detect(model, pixels, source, stall_timeout, **settings)
 
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO(str(Path(data_dir) / ANNOTATIONS))
@@ -127,10 +143,17 @@ def main():
     parser.add_argument("--model-factory", help="MODULE:FUNCTION that builds the model a state dict loads into")
     parser.add_argument("--trust-pickle", action="store_true", help="allow a full pickle (run_eval.sh checked it)")
     parser.add_argument("--out", help="write the report here as JSON")
+    parser.add_argument("--stall-timeout", type=float, default=0,
+                        help="seconds an inference may take before the guard stops as stalled (0: derived)")
     args = parser.parse_args()
     settings = {"precision": args.precision, "channels_last": args.channels_last, "freeze": args.freeze}
     source = {"model_factory": args.model_factory, "trust_pickle": args.trust_pickle}
-    report = guard(args.model, args.data_dir, args.images, settings, source)
+    try:
+        report = guard(args.model, args.data_dir, args.images, settings, source, args.stall_timeout)
+    except Exception as error:  # the traceback for the log, then one line for run_eval.sh
+        traceback.print_exc()
+        reason = str(error) if isinstance(error, GuardError) else f"{type(error).__name__}: {error}"
+        sys.exit(f"accuracy_guard.py: error: {reason.splitlines()[0]}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     name = "+".join([args.precision] + ["channels_last"] * args.channels_last + ["freeze"] * args.freeze)

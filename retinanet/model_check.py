@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -178,9 +179,7 @@ def first_line(error):
 
 
 def as_numpy(value):
-    if hasattr(value, "detach"):
-        return value.detach().float().cpu().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
-    return np.asarray(value)
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
 
 def detections(output, backend):
@@ -272,8 +271,8 @@ def shifted_labels(found, truth, image_ids):
     return None
 
 
-def check(model, data_dir, backend="pytorch", factory=None, trusted=False, images=1):
-    """Returns a one-line summary; raises ModelProblem."""
+def check(model, data_dir, backend="pytorch", factory=None, trusted=False, images=1, stall_timeout=0):
+    """Returns a one-line summary; raises ModelProblem. A model that stalls ends the process (failfast.py)."""
     kind = safety(model, backend, factory, trusted)
     if images <= 0:
         return f"model check: {kind}; output contract not checked (CHECK_IMAGES=0)"
@@ -283,8 +282,16 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
             runtime, input_name = load_model(model, backend, factory)
         except Exception as error:
             raise ModelProblem(f"the {backend} backend cannot load it: {first_line(error)}") from None
+        import failfast  # the harness's, on sys.path since load_model
+
+        outputs = []
         try:
-            outputs = [runtime.predict({input_name: image[None]}) for image in pixels]
+            with failfast.Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
+                for image in pixels:
+                    watchdog.issued(1)
+                    started = time.monotonic()
+                    outputs.append(runtime.predict({input_name: image[None]}))
+                    watchdog.completed(1, time.monotonic() - started)
         except Exception as error:
             raise ModelProblem(f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: {first_line(error)}") \
                 from None
@@ -310,11 +317,14 @@ def main():
     parser.add_argument("--factory", default="", help="package.module:function that builds the nn.Module")
     parser.add_argument("--trusted", action="store_true", help="allow a full pickle")
     parser.add_argument("--images", type=int, default=1, help="images to run the contract check on (0: none)")
+    parser.add_argument("--stall-timeout", type=float, default=0,
+                        help="seconds an inference may take before the check stops as stalled (0: derived)")
     args = parser.parse_args()
     logging.disable(logging.INFO)  # the harness's dataset logs each load
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation
     try:
-        print(check(args.model, args.data_dir, args.backend, args.factory or None, args.trusted, args.images))
+        print(check(args.model, args.data_dir, args.backend, args.factory or None, args.trusted, args.images,
+                    args.stall_timeout))
     except ModelProblem as problem:
         print(f"error: MODEL={args.model}: {problem}" if not str(problem).startswith(("MODEL", "MODEL_FACTORY"))
               else f"error: {problem}", file=sys.stderr)

@@ -26,7 +26,7 @@ MAKE_VARIABLES = {"data_dir": "DATA_DIR", "model": "MODEL", "device": "DEVICE", 
                   "count": "COUNT", "batch_size": "BATCH_SIZE", "threads": "THREADS", "qps": "QPS",
                   "time": "TIME", "user_conf": "USER_CONF", "harness_args": "HARNESS_ARGS",
                   "backend": "BACKEND", "model_factory": "MODEL_FACTORY", "trust_model": "TRUST_MODEL",
-                  "warmup": "WARMUP"}
+                  "warmup": "WARMUP", "stall_timeout": "STALL_TIMEOUT"}
 
 
 def now():
