@@ -3,6 +3,7 @@ to run `make` the way a user does."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM
 
 PYTHON = sys.executable
 DEMO_USER_CONF = PROJECT_ROOT / "conf" / "demo-user.conf"
+TESTS = Path(__file__).resolve().parent  # MODEL_FACTORY=misbehaving_models:... imports from here
 
 
 def upstream_missing():
@@ -48,9 +50,19 @@ def demo(upstream, tmp_path_factory):
 
 
 def make(target, *settings, check=True, cwd=PROJECT_ROOT):
-    """Run `make TARGET KEY=VALUE...` and return the completed process (stdout+stderr in .stdout)."""
-    proc = subprocess.run(["make", target, f"PYTHON={PYTHON}", *settings], cwd=cwd,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Run `make TARGET KEY=VALUE...` and return the completed process (stdout+stderr in .stdout).
+
+    make runs in a process group of its own: when the test is stopped (its time limit,
+    Ctrl-C), the group is killed, so that no harness outlives the test."""
+    args = ["make", target, f"PYTHON={PYTHON}", *settings]
+    with subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as running:
+        try:
+            stdout, _ = running.communicate()
+        except BaseException:
+            os.killpg(running.pid, signal.SIGKILL)
+            raise
+    proc = subprocess.CompletedProcess(args, running.returncode, stdout)
     if check and proc.returncode != 0:
         raise AssertionError(f"make {target} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     return proc
@@ -59,12 +71,22 @@ def make(target, *settings, check=True, cwd=PROJECT_ROOT):
 @pytest.fixture
 def run(tmp_path):
     """make eval/perf into a fresh results and cache folder; returns (process, run folder)."""
-    def _run(target, data, model, *settings, check=True):
+    def _run(target, data, model, *settings, check=True, device="cpu"):
         proc = make(target, f"DATA_DIR={data}", f"MODEL={model}", f"RESULTS_DIR={tmp_path / 'results'}",
-                    f"CACHE_DIR={tmp_path / 'cache'}", "DEVICE=cpu", *settings, check=check)
+                    f"CACHE_DIR={tmp_path / 'cache'}", f"DEVICE={device}", *settings, check=check)
         match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
         return proc, Path(match.group(1)) if match else None
     return _run
+
+
+@pytest.fixture(scope="session")
+def weightless(tmp_path_factory):
+    """The state dict of every model in misbehaving_models.py: they have no weights."""
+    import torch
+
+    path = tmp_path_factory.mktemp("misbehaving") / "state.pth"
+    torch.save({}, path)
+    return path
 
 
 @pytest.fixture
@@ -88,6 +110,19 @@ def project_copy(upstream, tmp_path):
     subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", pin],
                    cwd=clone, check=True)
     return copy
+
+
+def processes_mentioning(text):
+    """Command lines of the processes, other than this one, whose arguments mention text."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # ended meanwhile
+            continue
+        if int(cmdline.parent.name) != os.getpid() and any(str(text) in arg for arg in args):
+            found.append(" ".join(args))
+    return found
 
 
 def git_state(repo):

@@ -75,7 +75,9 @@ def test_perturbed_oracle_matches_pycocotools_directly(run, demo):
 
 def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run, demo):
     # WARMUP=0: an accuracy run needs no warm-up, and it costs 5 inferences of seconds each here
-    proc, run_dir = accuracy_run(run, demo, "random-weights", "COUNT=2", "BATCH_SIZE=1", "THREADS=1", "WARMUP=0")
+    # PRECISION=fp32 on every CPU; bf16 runs in test_hardware_branches.py
+    proc, run_dir = accuracy_run(run, demo, "random-weights", "COUNT=2", "BATCH_SIZE=1", "THREADS=1", "WARMUP=0",
+                                 "PRECISION=fp32")
     assert "--warmup 0" in proc.stdout and "INFO:main:warmup:" not in proc.stdout
     log = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
     assert sorted(entry["qsl_idx"] for entry in log) == [0, 1]
@@ -89,8 +91,14 @@ def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run,
 
 def test_random_weights_model_offline_performance_is_valid(run, demo):
     proc, run_dir = run("perf", demo["data"], demo["models"]["random-weights"], "SCENARIO=Offline",
-                        "COUNT=2", "BATCH_SIZE=1", "THREADS=1", f"USER_CONF={DEMO_USER_CONF}", "WARMUP=1")
+                        "COUNT=2", "BATCH_SIZE=1", "THREADS=1", f"USER_CONF={DEMO_USER_CONF}", "WARMUP=1",
+                        "PRECISION=fp32")
     assert re.search(r"^INFO:main:warmup: 1 inferences in [0-9.]+s$", proc.stdout, re.M)
+    # the stall limit (failfast.Watchdog) derived from the warm-up: 10 x its time, at least 60 s
+    limit = re.search(r"^INFO:main:stall limit: (\d+) s: 10 x the slowest inference so far \(([0-9.]+) s per "
+                      r"image\) x batch 1 x 1 threads, at least 60 s$", proc.stdout, re.M)
+    assert limit, proc.stdout[-3000:]
+    assert abs(int(limit.group(1)) - max(60, 10 * float(limit.group(2)))) <= 1  # printed to 3 digits
     summary = (run_dir / "mlperf_log_summary.txt").read_text()
     assert "Scenario : Offline" in summary and "Mode     : PerformanceOnly" in summary
     assert "Result is : VALID" in summary
