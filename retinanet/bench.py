@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 from retinanet import PROJECT_ROOT
+from retinanet.preflight import cpu_has_native_bf16
+from retinanet.run_record import CPU_FLAGS, cpu_flags, cpu_model
 
 PATHS = {
     "reference": {"PRECISION": "fp32", "CHANNELS_LAST": "0", "FREEZE": "0", "BATCH_SIZE": "32",
@@ -87,6 +89,21 @@ ROWS = [  # metric, key, unit format, ratio as project/reference (True) or refer
 ]
 
 
+def machine():
+    """The facts a figure depends on: the CPU, its flags that decide the fast paths, the date."""
+    flags = cpu_flags()
+    return {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(), "cpu": cpu_model(),
+            "cpus": os.cpu_count(), "cpu_flags": flags,
+            "missing_cpu_flags": [flag for flag in CPU_FLAGS if flag not in flags],
+            "native_bf16": cpu_has_native_bf16()}
+
+
+def machine_line(facts):
+    return (f"machine: {facts['cpu']}, {facts['cpus']} CPUs; CPU flags: {' '.join(facts['cpu_flags']) or 'none'}"
+            f" (not: {' '.join(facts['missing_cpu_flags']) or 'none'}); native bf16: "
+            f"{'yes' if facts['native_bf16'] else 'no'}; {facts['date']}")
+
+
 def table(results):
     ref, ours = results["reference"], results["project"]
     lines = ["| metric | reference | project | project vs reference |", "|---|---|---|---|"]
@@ -119,13 +136,14 @@ def main():
     common = {"DATA_DIR": args.data_dir, "MODEL": args.model, "COUNT": str(args.count), "DEVICE": args.device,
               "USER_CONF": args.user_conf, "RESULTS_DIR": str(out / "runs"), "PYTHON": sys.executable,
               "GUARD_IMAGES": "0"}
-    results = {}
+    results = {"machine": machine()}
+    print(f"bench: {machine_line(results['machine'])}", flush=True)
     for name, settings in PATHS.items():
         print(f"bench: {name} path ...", flush=True)
         results[name] = bench_path(name, settings, common, out / f"cache-{name}")
     command = " ".join(["python -m retinanet.bench"] + sys.argv[1:])
     (out / "bench.json").write_text(json.dumps({"command": command, **results}, indent=2) + "\n")
-    report = f"`{command}`\n\n{table(results)}\n"
+    report = f"`{command}`\n\n{machine_line(results['machine'])}\n\n{table(results)}\n"
     (out / "bench.md").write_text(report)
     print(report)
     print(f"bench folder: {out}")

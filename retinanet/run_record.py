@@ -60,6 +60,19 @@ def cpu_model():
     return platform.processor()
 
 
+# what decides the CPU's fast paths: AVX2 only, AVX-512, native bf16 (AVX512-BF16, AMX)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags():
+    """Those of CPU_FLAGS this CPU has."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in CPU_FLAGS if flag in present]
+    return []
+
+
 def head_commit(repo):
     try:
         return repo.head.commit.hexsha
@@ -141,7 +154,7 @@ def start(run_dir, settings, command, pid=None):
         "upstream": upstream_state(),
         "versions": package_versions(),
         "host": {"name": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
-                 "cpus": os.cpu_count(), **accelerator()},
+                 "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), **accelerator()},
     }
     if settings.get("user_conf") and Path(settings["user_conf"]).is_file():
         record["user_conf"] = {"path": settings["user_conf"], "text": Path(settings["user_conf"]).read_text()}
