@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from retinanet import preflight
-from retinanet.accuracy_guard import agreement, harness_modules
+from retinanet.accuracy_guard import agreement
 from retinanet.demo_models import save_torchscript
 
 from conftest import DEMO_USER_CONF, TESTS
 from misbehaving_models import Bf16Detector
+from test_performance import harness_dataset
 
 ONE_IMAGE = ("COUNT=1", "WARMUP=0", "BATCH_SIZE=1", "THREADS=1")
 
@@ -91,11 +92,7 @@ def test_half_precision_outputs_reach_loadgen_as_their_float32_values(run, demo,
     completed(run_dir)
     assert json.loads((run_dir / "guard.json").read_text())["agreement"] == 1.0
 
-    _, dataset, openimages = harness_modules()
-    images = openimages.OpenImages(
-        data_path=str(demo["data"]), image_list=None, name="openimages-800-retinanet", image_format="NCHW",
-        pre_process=dataset.pre_process_openimages_retinanet, count=2, cache_dir=str(tmp_path / "cache"),
-        image_size=[800, 800, 3], image_cache="none")
+    images = harness_dataset(demo["data"], tmp_path / "cache", "none", count=2)
     logged = detections_in(run_dir)
     for index in range(2):
         output = Bf16Detector()(torch.from_numpy(images.get_item(index)[0])[None])[0]
