@@ -10,8 +10,15 @@ MAKEFLAGS += --no-print-directory
 
 ## Python of the environment: .venv's, or with ENV_KIND=conda the python3 of the active env
 PYTHON ?= $(if $(filter conda,$(ENV_KIND)),python3,.venv/bin/python)
-## dataset folder: the downloader's root (annotations/, validation/data/)
-DATA_DIR ?= data/openimages-mlperf
+# The run settings: each a make variable with its default, from the one table of them,
+# retinanet/settings.py, which also gives their docs (make help), checks their values and
+# turns them into the harness's flags. RUN_ENV hands them all to run_eval.sh.
+RUN_SETTINGS := $(shell python3 -m retinanet.settings makefile)
+$(if $(RUN_SETTINGS),,$(error python3 -m retinanet.settings failed: make needs Python 3))
+$(foreach setting,$(RUN_SETTINGS),$(eval $(subst =, ?= ,$(setting))))
+quote = '$(subst ','\'',$(1))'
+RUN_ENV = PYTHON=$(call quote,$(PYTHON)) \
+	$(foreach setting,$(RUN_SETTINGS),$(firstword $(subst =, ,$(setting)))=$(call quote,$($(firstword $(subst =, ,$(setting))))))
 ## where make dataset and make calibration write, make verify-dataset reads (make model: MODEL_DIR unless set)
 DIR ?= $(DATA_DIR)
 ## make dataset: this many distinct images (empty: all 24,781)
@@ -28,56 +35,6 @@ OPENIMAGES_BUCKET ?=
 FORMAT ?= pytorch
 ## make model: zenodo or a mirror serving record/<id>/files/<file> (empty: https://zenodo.org)
 ZENODO_URL ?=
-## folder holding resnext50_32x4d_fpn.pth
-MODEL_DIR ?= models
-## the model file: TorchScript, a state dict with MODEL_FACTORY, or ONNX with BACKEND=onnxruntime
-MODEL ?= $(MODEL_DIR)/resnext50_32x4d_fpn.pth
-## pytorch, or onnxruntime (upstream's ONNX backend; batch 1, the model's own precision)
-BACKEND ?= pytorch
-## package.module:function building the nn.Module that MODEL, a state dict, loads into
-MODEL_FACTORY ?=
-## 1: load MODEL even when it is a full pickle, which runs any code it holds (trusted files only)
-TRUST_MODEL ?= 0
-## images the output contract is checked on before each run (0: load check only)
-CHECK_IMAGES ?= 1
-## cpu, gpu, or auto (gpu when torch sees one)
-DEVICE ?= auto
-## make perf: Offline, Server, SingleStream or MultiStream
-SCENARIO ?= Offline
-## images to use (empty: the whole dataset)
-COUNT ?=
-## harness --max-batchsize; auto: 1 on a CPU, 16 on a GPU
-BATCH_SIZE ?= auto
-## harness --threads, worker threads; auto: 1 on a CPU, 2 on a GPU
-THREADS ?= auto
-## fp32, bf16 or fp16 (autocast); auto: fp16 on a GPU, bf16 on a CPU with native bf16, else fp32
-PRECISION ?= auto
-## 1: model and inputs in channels_last memory format; auto: 1
-CHANNELS_LAST ?= auto
-## 1: torch.jit.freeze + optimize_for_inference the TorchScript model; auto: 0
-FREEZE ?= auto
-## torch intra-op threads (empty: torch's default, one per core)
-INTRA_THREADS ?=
-## none: preprocess as LoadGen loads; uint8: also keep a compact cache; float32: upstream's cache
-IMAGE_CACHE ?= none
-## accuracy runs in bf16 or fp16: compare with fp32 on this many images (0: off)
-GUARD_IMAGES ?= 8
-## harness --qps: target QPS for Server/Offline
-QPS ?=
-## harness --time: run this many seconds (not for a submission)
-TIME ?=
-## LoadGen user.conf (empty: upstream's)
-USER_CONF ?=
-## more flags for upstream python/main.py, e.g. --samples-per-query 8
-HARNESS_ARGS ?=
-## seconds between progress lines (samples done / total, time left) while LoadGen runs; 0: none
-PROGRESS ?= 30
-## inferences on the first image before LoadGen starts (upstream's 5); 0: none, e.g. for accuracy on a CPU
-WARMUP ?= 5
-## seconds without a completed inference before a run stops as stalled; auto: 10x the slowest so far, at least 60
-STALL_TIMEOUT ?= auto
-## every run gets a new folder in here
-RESULTS_DIR ?= results
 ## make report: run folders to include, names or patterns under RESULTS_DIR (empty: all)
 RUNS ?=
 ## make report: where report.md and its plots go
@@ -86,8 +43,6 @@ REPORT_DIR ?= $(RESULTS_DIR)/report
 A ?=
 ## make compare: the second run
 B ?=
-## preprocessed images for IMAGE_CACHE=uint8 (1.9 MB each) or float32 (7.7 MB each)
-CACHE_DIR ?= cache
 ## make setup: PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126
 TORCH_INDEX_URL ?=
 ## make setup: venv (.venv) or conda (env 'retinanet' from retinanet.yaml)
@@ -99,14 +54,6 @@ DEMO_DIR ?= demo
 ## make test: extra pytest arguments, e.g. -k patches
 PYTEST_ARGS ?=
 
-RUN_SETTINGS = PYTHON='$(PYTHON)' DATA_DIR='$(DATA_DIR)' MODEL='$(MODEL)' DEVICE='$(DEVICE)' \
-	SCENARIO='$(SCENARIO)' COUNT='$(COUNT)' BATCH_SIZE='$(BATCH_SIZE)' THREADS='$(THREADS)' \
-	QPS='$(QPS)' TIME='$(TIME)' USER_CONF='$(USER_CONF)' HARNESS_ARGS='$(HARNESS_ARGS)' \
-	PRECISION='$(PRECISION)' CHANNELS_LAST='$(CHANNELS_LAST)' FREEZE='$(FREEZE)' \
-	INTRA_THREADS='$(INTRA_THREADS)' IMAGE_CACHE='$(IMAGE_CACHE)' GUARD_IMAGES='$(GUARD_IMAGES)' \
-	RESULTS_DIR='$(RESULTS_DIR)' CACHE_DIR='$(CACHE_DIR)' PROGRESS='$(PROGRESS)' WARMUP='$(WARMUP)' \
-	BACKEND='$(BACKEND)' MODEL_FACTORY='$(MODEL_FACTORY)' TRUST_MODEL='$(TRUST_MODEL)' CHECK_IMAGES='$(CHECK_IMAGES)' \
-	STALL_TIMEOUT='$(STALL_TIMEOUT)'
 HARNESS := vendor/inference/vision/classification_and_detection
 OPENIMAGES_ENV = OPENIMAGES_CSV_URL='$(OPENIMAGES_CSV_URL)' OPENIMAGES_S3_ENDPOINT='$(OPENIMAGES_S3_ENDPOINT)' \
 	OPENIMAGES_BUCKET='$(OPENIMAGES_BUCKET)'
@@ -166,11 +113,11 @@ model: ## Download the official model into DIR (default MODEL_DIR), FORMAT=pytor
 
 .PHONY: eval
 eval: ## Accuracy run: LoadGen AccuracyOnly, then mAP against the 37.17 target
-	$(RUN_SETTINGS) ./run_eval.sh accuracy
+	$(RUN_ENV) ./run_eval.sh accuracy
 
 .PHONY: perf
 perf: ## Performance run in SCENARIO: LoadGen's VALID/INVALID, samples/s or latency
-	$(RUN_SETTINGS) ./run_eval.sh performance
+	$(RUN_ENV) ./run_eval.sh performance
 
 ##@ Results
 
@@ -186,14 +133,14 @@ compare: ## Two runs side by side, with ratios and what makes them unfair to com
 
 DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json
 DEMO_MODELS = $(DEMO_DIR)/models
-# placed after RUN_SETTINGS in a command, these win
+# placed after RUN_ENV in a command, these win
 DEMO_SETTINGS = DATA_DIR='$(DEMO_DIR)/data' RESULTS_DIR='$(DEMO_DIR)/results' DEVICE=cpu USER_CONF=conf/demo-user.conf
 
 .PHONY: demo
 demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%), a short Offline perf run, and their report
-	$(RUN_SETTINGS) $(DEMO_SETTINGS) MODEL='$(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth' BATCH_SIZE=2 COUNT= \
+	$(RUN_ENV) $(DEMO_SETTINGS) MODEL='$(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth' BATCH_SIZE=2 COUNT= \
 	  ./run_eval.sh accuracy | tee '$(DEMO_DIR)/eval.log'
-	$(RUN_SETTINGS) $(DEMO_SETTINGS) MODEL='$(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth' \
+	$(RUN_ENV) $(DEMO_SETTINGS) MODEL='$(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth' \
 	  SCENARIO=Offline BATCH_SIZE=1 THREADS=1 COUNT=3 ./run_eval.sh performance | tee '$(DEMO_DIR)/perf.log'
 	@echo
 	@echo "== demo: oracle detector on $(DEMO_DIR)/data (a perfect model must score 100%)"
@@ -249,3 +196,5 @@ help: ## Show this help
 	    printf "  \033[36m%-22s\033[0m %s (default: %s)\n", name, doc, (value == "" ? "empty" : value) } \
 	  /^[a-zA-Z_-]+:.*## / { printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2 } \
 	  { doc = "" }' $(MAKEFILE_LIST)
+	@printf "\n\033[1m%s\033[0m\n" "Run settings (make eval, perf, demo; retinanet/settings.py)"
+	@python3 -m retinanet.settings help

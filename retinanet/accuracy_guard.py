@@ -21,20 +21,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou
 
-from retinanet import ANNOTATIONS, HARNESS
+from retinanet import ANNOTATIONS, INPUT_SIZE, harness
 
 SCORE_THRESHOLD = 0.05  # the harness's PostProcessOpenImagesRetinanet
 MATCH_IOU = 0.9
-INPUT_SIZE = 800
-
-
-def harness_modules():
-    sys.path.insert(0, str(HARNESS / "python"))
-    import backend_pytorch_native
-    import dataset
-    import openimages
-
-    return backend_pytorch_native, dataset, openimages
 
 
 class GuardError(Exception):
@@ -44,10 +34,8 @@ class GuardError(Exception):
 def detect(model_path, images, source=None, stall_timeout=0, **settings):
     """Detections above the score threshold, per image, as numpy (boxes, scores, labels).
     A model that stalls ends the process (failfast.py)."""
-    backend_module, _, _ = harness_modules()
-    import failfast
-
-    backend = backend_module.BackendPytorchNative()
+    failfast = harness.module("failfast")
+    backend = harness.module("backend_pytorch_native").BackendPytorchNative()
     backend.configure(**settings)
     backend.set_model_source(**(source or {}))
     backend.load(str(model_path), inputs=["image"], outputs=["boxes", "labels", "scores"])
@@ -113,12 +101,8 @@ def subset_map(truth, image_infos, detections):
 
 
 def guard(model, data_dir, images, settings, source=None, stall_timeout=0):
-    _, dataset, openimages = harness_modules()
     with tempfile.TemporaryDirectory() as cache_dir:
-        ds = openimages.OpenImages(
-            data_path=str(data_dir), image_list=None, name="openimages-800-retinanet",
-            image_format="NCHW", pre_process=dataset.pre_process_openimages_retinanet,
-            count=images, cache_dir=cache_dir, image_size=[INPUT_SIZE, INPUT_SIZE, 3], image_cache="none")
+        ds = harness.openimages(data_dir, cache_dir, images)
         pixels = [ds.get_item(i)[0] for i in range(ds.get_item_count())]
     reference = detect(model, pixels, source, stall_timeout, precision="fp32")
     candidate = detect(model, pixels, source, stall_timeout, **settings)

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from retinanet import PROJECT_ROOT
-from retinanet.preflight import cpu_has_native_bf16
 from retinanet.run_record import CPU_FLAGS, cpu_flags, cpu_model
+from retinanet.settings import native_bf16
 
 PATHS = {
     "reference": {"PRECISION": "fp32", "CHANNELS_LAST": "0", "FREEZE": "0", "BATCH_SIZE": "32",
@@ -95,7 +95,7 @@ def machine():
     return {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(), "cpu": cpu_model(),
             "cpus": os.cpu_count(), "cpu_flags": flags,
             "missing_cpu_flags": [flag for flag in CPU_FLAGS if flag not in flags],
-            "native_bf16": cpu_has_native_bf16()}
+            "native_bf16": native_bf16()}
 
 
 def machine_line(facts):

@@ -8,23 +8,21 @@ import sys
 
 from retinanet.report import PERCENTILES, number, table, throughput
 from retinanet.runs import RunError, resolve
+from retinanet.settings import SETTINGS as SETTING_TABLE
 
-# (label, how to read it from a run): what must match for two figures to be comparable
-SETTINGS = [
-    ("mode", lambda r: r.settings.get("mode")),
-    ("scenario", lambda r: r.scenario),
-    ("device", lambda r: r.settings.get("device")),
-    ("batch size", lambda r: r.settings.get("batch_size") or "upstream default"),
-    ("threads", lambda r: r.settings.get("threads") or "one per core"),
-    ("images", lambda r: r.settings.get("images")),
-    ("QPS", lambda r: r.settings.get("qps")),
-    ("time", lambda r: r.settings.get("time")),
-    ("harness args", lambda r: r.settings.get("harness_args")),
+
+def setting(key):
+    return lambda run: run.settings.get(key)
+
+
+# (label, how to read it from a run): what must match for two figures to be comparable: every
+# setting that can change a result (retinanet/settings.py), and what the run read
+SETTINGS = [("mode", setting("mode"))] + [
+    (s.name, setting(s.key)) for s in SETTING_TABLE if s.affects_result and s.name != "USER_CONF"] + [
+    ("images", setting("images")),
     ("user.conf", lambda r: (r.record.get("user_conf") or {}).get("text")),
     ("dataset annotations (md5)", lambda r: (r.record.get("dataset") or {}).get("annotations_md5")),
     ("model (md5)", lambda r: (r.record.get("model") or {}).get("md5")),
-    ("backend", lambda r: r.settings.get("backend") or "pytorch"),
-    ("model factory", lambda r: r.settings.get("model_factory")),
 ]
 SOFTWARE = [
     ("upstream commit", lambda r: (r.record.get("upstream") or {}).get("commit")),

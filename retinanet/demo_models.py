@@ -21,10 +21,10 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from retinanet import INPUT_SIZE
 from retinanet.classes import NUM_CLASSES
 from retinanet.demo_data import CODE_BITS, CODE_STRIP_FRACTION, load_annotations
 
-INPUT_SIZE = 800
 MODEL_FILE = "resnext50_32x4d_fpn.pth"
 ORACLE_VARIANTS = ["oracle", "oracle-label-plus-one", "oracle-xywh", "oracle-unscaled", "oracle-perturbed"]
 

@@ -25,11 +25,9 @@ from pathlib import Path
 import requests
 import tqdm
 
-# zenodo records named in the upstream README (vision/classification_and_detection)
-OFFICIAL = {
-    "pytorch": {"file": "resnext50_32x4d_fpn.pth", "record": "6617981", "md5": "a55f6bec3464f605ce8d686da8ac1533"},
-    "onnx": {"file": "resnext50_32x4d_fpn.onnx", "record": "6617879", "md5": "4544f4e56e0a4684215831cc937ea45c"},
-}
+from retinanet import OFFICIAL_MODELS
+from retinanet.files import file_digest
+
 ZENODO = "https://zenodo.org"
 ATTEMPTS = 3
 RETRY_PAUSE_S = 1
@@ -40,14 +38,6 @@ CACHE_SUFFIX = ".md5.json"
 
 class DownloadError(Exception):
     pass
-
-
-def file_md5(path):
-    md5 = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            md5.update(block)
-    return md5.hexdigest()
 
 
 def cached_md5(path):
@@ -63,7 +53,7 @@ def cached_md5(path):
             return record["md5"]
     except (OSError, ValueError):
         pass
-    md5 = file_md5(path)
+    md5 = file_digest(path)
     try:
         cache.write_text(json.dumps({"file": path.name, **key, "md5": md5}) + "\n")
     except OSError:
@@ -73,7 +63,7 @@ def cached_md5(path):
 
 def official_format(md5):
     """'pytorch' or 'onnx' if md5 is an official file's, else None."""
-    return next((name for name, spec in OFFICIAL.items() if spec["md5"] == md5), None)
+    return next((name for name, spec in OFFICIAL_MODELS.items() if spec["md5"] == md5), None)
 
 
 def model_url(base, spec):
@@ -145,7 +135,7 @@ def fetch(url, part, md5, progress=True):
 
 def download(directory, fmt="pytorch", base=ZENODO, md5=None, progress=True):
     """Put the official file of format fmt in directory; return its path."""
-    spec = OFFICIAL[fmt]
+    spec = OFFICIAL_MODELS[fmt]
     md5 = md5 or spec["md5"]
     which = "official" if md5 == spec["md5"] else "expected"
     directory = Path(directory)
@@ -198,7 +188,7 @@ def clean(part, created, keep_part):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", required=True, help="folder to put the model in")
-    parser.add_argument("--format", choices=sorted(OFFICIAL), default="pytorch")
+    parser.add_argument("--format", choices=sorted(OFFICIAL_MODELS), default="pytorch")
     parser.add_argument("--base-url", help="zenodo or a mirror with its /record/<id>/files/<file> paths "
                                             f"(default: $ZENODO_URL, else {ZENODO})")
     parser.add_argument("--md5", help="expected MD5 (default: the official file's)")

@@ -13,7 +13,6 @@ convention stops here with one line instead of scoring mAP 0 hours later.
 """
 import argparse
 import contextlib
-import hashlib
 import importlib
 import io
 import json
@@ -27,27 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from retinanet import ANNOTATIONS, HARNESS
+from retinanet import ANNOTATIONS, INPUT_SIZE, OFFICIAL_MODELS, harness
 from retinanet.classes import NUM_CLASSES
+from retinanet.download_model import cached_md5
 
-INPUT_SIZE = 800
-# official models (DESIGN.md): TorchScript, zenodo 6617981; ONNX, zenodo 6617879
-KNOWN_MD5 = {"a55f6bec3464f605ce8d686da8ac1533": "the official TorchScript model",
-             "4544f4e56e0a4684215831cc937ea45c": "the official ONNX model"}
 SCORE_THRESHOLD = 0.05  # the harness drops detections below it
 TOLERANCE = 1.0  # pixels a box may overhang the frame (rounding, fp16)
 
 
 class ModelProblem(Exception):
     """One line: what is wrong with the model and what to do."""
-
-
-def md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_torchscript(path):
@@ -125,9 +113,10 @@ def safety(model, backend, factory, trusted):
         return "torchscript"
     if trusted:
         return "trusted pickle"
-    known = KNOWN_MD5.get(md5(model))
-    if known:
-        return f"pickle: {known}"
+    md5 = cached_md5(model)
+    official = [spec["file"] for spec in OFFICIAL_MODELS.values() if spec["md5"] == md5]
+    if official:
+        return f"pickle: the official {official[0]}"
     import torch
 
     try:  # weights_only=True cannot run code: it tells a state dict from a pickled module
@@ -143,31 +132,18 @@ def safety(model, backend, factory, trusted):
 
 
 def harness_images(data_dir, count, backend):
-    sys.path.insert(0, str(HARNESS / "python"))
-    import dataset
-    import openimages
-
-    name = "openimages-800-retinanet-onnx" if backend == "onnxruntime" else "openimages-800-retinanet"
     with tempfile.TemporaryDirectory() as cache_dir:
-        ds = openimages.OpenImages(
-            data_path=str(data_dir), image_list=None, name=name, image_format="NCHW",
-            pre_process=dataset.pre_process_openimages_retinanet, count=count, cache_dir=cache_dir,
-            image_size=[INPUT_SIZE, INPUT_SIZE, 3], image_cache="none")
+        ds = harness.openimages(data_dir, cache_dir, count, backend)
         return [ds.get_item(i)[0] for i in range(ds.get_item_count())], list(ds.image_ids)
 
 
 def load_model(model, backend, factory):
     """The harness's backend with the model loaded, and the name of its input."""
-    sys.path.insert(0, str(HARNESS / "python"))
     if backend == "onnxruntime":
-        import backend_onnxruntime
-
-        runtime = backend_onnxruntime.BackendOnnxruntime()
+        runtime = harness.module("backend_onnxruntime").BackendOnnxruntime()
         runtime.load(str(model), inputs=["images"], outputs=["boxes", "labels", "scores"])
         return runtime, "images"
-    import backend_pytorch_native
-
-    runtime = backend_pytorch_native.BackendPytorchNative()
+    runtime = harness.module("backend_pytorch_native").BackendPytorchNative()
     runtime.set_model_source(factory, trust_pickle=True)  # safety() has decided already
     runtime.load(str(model), inputs=["image"], outputs=["boxes", "labels", "scores"])
     return runtime, "image"
@@ -282,11 +258,9 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
             runtime, input_name = load_model(model, backend, factory)
         except Exception as error:
             raise ModelProblem(f"the {backend} backend cannot load it: {first_line(error)}") from None
-        import failfast  # the harness's, on sys.path since load_model
-
         outputs = []
         try:
-            with failfast.Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
+            with harness.module("failfast").Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
                 for image in pixels:
                     watchdog.issued(1)
                     started = time.monotonic()
@@ -309,6 +283,11 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
     return f"model check: {kind}; output contract kept on {len(found)} images ({total} detections)"
 
 
+def error_line(model, problem):
+    text = str(problem)
+    return f"error: {text}" if text.startswith(("MODEL", "MODEL_FACTORY")) else f"error: MODEL={model}: {text}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -326,9 +305,7 @@ def main():
         print(check(args.model, args.data_dir, args.backend, args.factory or None, args.trusted, args.images,
                     args.stall_timeout))
     except ModelProblem as problem:
-        print(f"error: MODEL={args.model}: {problem}" if not str(problem).startswith(("MODEL", "MODEL_FACTORY"))
-              else f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error_line(args.model, problem))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from retinanet import INPUT_SIZE
 from retinanet.classes import NUM_CLASSES
 
-INPUT_SIZE = 800
 
 
 class BatchRetinaNet(RetinaNet):

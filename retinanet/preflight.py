@@ -1,20 +1,29 @@
-"""Check a run's inputs before the harness starts, and say what to do when one is wrong.
+"""Check a run's settings and inputs before the harness starts, and before any run folder
+exists, and say what to do when one is wrong.
 
-Prints shell assignments for run_eval.sh: the resolved device, the settings left on
-auto, the image count and the cache key. Exits 2 with one line per problem. Warns (on
-stderr, without failing) when the model is not the official file or the dataset differs
-from its manifest.
+Reads the settings from the environment (retinanet/settings.py validates and resolves
+them), checks the dataset, the model file and the GPU, then the model itself
+(model_check.py: safe to load, output contract kept), and prints shell assignments for
+run_eval.sh: every setting as resolved, the image count, the cache folder, the harness's
+and the accuracy guard's arguments, and run.json's settings. Exits with one line per
+problem. Warns (on stderr, without failing) when the model is not the official file of
+its format, the dataset differs from its manifest, or COUNT exceeds the dataset.
+
+    python -m retinanet.preflight accuracy|performance
 """
 import argparse
 import hashlib
 import json
+import logging
 import os
+import shlex
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
-from retinanet import ANNOTATIONS, IMAGE_DIR
-from retinanet.download_model import OFFICIAL, cached_md5
+from retinanet import ANNOTATIONS, IMAGE_DIR, OFFICIAL_MODELS, settings
+from retinanet.download_model import cached_md5
 from retinanet.verify_dataset import MANIFEST
 
 
@@ -57,14 +66,15 @@ def model_problems(model, backend="pytorch"):
     return []
 
 
-def model_warnings(model):
-    """The demo models are not official: a warning, not an error."""
+def model_warnings(model, backend):
+    """A model that is not the official file of its format: a warning, not an error."""
     md5 = cached_md5(model)
-    official = OFFICIAL["pytorch"]
+    official = OFFICIAL_MODELS["onnx" if backend == "onnxruntime" else "pytorch"]
     if md5 == official["md5"]:
         return []
     return [f"MODEL={model} is not the official {official['file']} (MD5 {md5}, official {official['md5']}): "
-            "its mAP says nothing about the reference model; 'make model' downloads the official one"]
+            "its mAP says nothing about the reference model; 'make model"
+            f"{' FORMAT=onnx' if backend == 'onnxruntime' else ''}' downloads the official one"]
 
 
 def dataset_warnings(data_dir, count):
@@ -94,67 +104,18 @@ def dataset_warnings(data_dir, count):
     return []
 
 
-def resolve_device(device):
-    """cpu, gpu or auto (gpu when torch sees one); a gpu asked for must exist."""
-    if device not in ("auto", "cpu", "gpu"):
-        return None, [f"DEVICE={device} is not one of: auto, cpu, gpu"]
-    if device == "cpu":
-        return "cpu", []
+def gpu_problems(device):
+    """A gpu asked for must exist."""
+    if device != "gpu":
+        return []
     import torch
 
     if torch.cuda.is_available():
-        return "gpu", []
-    if device == "auto":
-        return "cpu", []
+        return []
     built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-    return None, [f"DEVICE=gpu but torch {torch.__version__} ({built}) sees no CUDA GPU: "
-                  "check nvidia-smi and the driver, reinstall torch for your CUDA "
-                  "(make setup TORCH_INDEX_URL=...), or run with DEVICE=cpu"]
-
-
-# Fastest settings measured per device (BENCHMARKS.md); fp32 stays one setting away.
-DEVICE_DEFAULTS = {
-    "cpu": {"PRECISION": "bf16 if native", "CHANNELS_LAST": "1", "FREEZE": "0", "BATCH_SIZE": "1", "THREADS": "1"},
-    "gpu": {"PRECISION": "fp16", "CHANNELS_LAST": "1", "FREEZE": "0", "BATCH_SIZE": "16", "THREADS": "2"},
-}
-CHOICES = {"PRECISION": ("fp32", "bf16", "fp16"), "CHANNELS_LAST": ("0", "1"), "FREEZE": ("0", "1"),
-           "IMAGE_CACHE": ("none", "uint8", "float32")}
-
-
-# The upstream onnxruntime profile: batch 1 (the ONNX model's input), the model's own precision.
-ONNX_SETTINGS = {"PRECISION": "fp32", "CHANNELS_LAST": "0", "FREEZE": "0", "BATCH_SIZE": "1"}
-
-
-def cpu_has_native_bf16():
-    """AVX512-BF16 or AMX: without them bf16 is emulated, 12x slower than fp32 (BENCHMARKS.md)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_settings(device, requested, backend="pytorch"):
-    """Fill the settings left on auto (or empty) with the device's defaults."""
-    problems, resolved = [], {}
-    for name, value in requested.items():
-        if backend == "onnxruntime" and name in ONNX_SETTINGS:
-            if value not in ("", "auto", ONNX_SETTINGS[name]):
-                problems.append(f"{name}={value} is for BACKEND=pytorch: BACKEND=onnxruntime runs "
-                                f"{name}={ONNX_SETTINGS[name]}; leave {name} on auto")
-            resolved[name] = ONNX_SETTINGS[name]
-            continue
-        if value in ("", "auto"):
-            value = DEVICE_DEFAULTS.get(device, {}).get(name, "")
-            if value == "bf16 if native":
-                value = "bf16" if cpu_has_native_bf16() else "fp32"
-        elif name in CHOICES and value not in CHOICES[name]:
-            problems.append(f"{name}={value} is not one of: auto, {', '.join(CHOICES[name])}")
-        resolved[name] = value
-    if device == "cpu" and resolved.get("PRECISION") == "fp16":
-        problems.append("PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32")
-    return resolved, problems
+    return [f"DEVICE=gpu but torch {torch.__version__} ({built}) sees no CUDA GPU: "
+            "check nvidia-smi and the driver, reinstall torch for your CUDA "
+            "(make setup TORCH_INDEX_URL=...), or run with DEVICE=cpu"]
 
 
 def cache_key(data_dir):
@@ -164,37 +125,86 @@ def cache_key(data_dir):
     return digest.hexdigest()[:16]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--backend", default="pytorch")
-    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a setting to resolve when auto: " + ", ".join(DEVICE_DEFAULTS["cpu"]))
-    args = parser.parse_args()
+def stall_seconds(resolved):
+    return "0" if resolved["STALL_TIMEOUT"] == "auto" else resolved["STALL_TIMEOUT"]  # 0: derived as it runs
 
-    problems, images = dataset_problems(args.data_dir, args.count)
-    if args.backend not in ("pytorch", "onnxruntime"):
-        problems.append(f"BACKEND={args.backend} is not one of: pytorch, onnxruntime")
-    problems += model_problems(args.model, args.backend)
-    device, device_problems = resolve_device(args.device)
-    problems += device_problems
-    settings, setting_problems = resolve_settings(
-        device, dict(item.split("=", 1) for item in args.setting), args.backend)
-    problems += setting_problems
+
+def device_environment(device):
+    """What the harness's backends read: a cpu run hides the GPUs; USE_GPU=yes makes an
+    onnxruntime gpu run fail rather than use the CPU (patch 0014)."""
+    return {"CUDA_VISIBLE_DEVICES": "", "USE_GPU": "no"} if device == "cpu" else {"USE_GPU": "yes"}
+
+
+def guard_args(mode, resolved, images):
+    """The accuracy guard's arguments; none where it does not run (fp32, performance, GUARD_IMAGES=0)."""
+    if mode != "accuracy" or resolved["PRECISION"] == "fp32" or resolved["GUARD_IMAGES"] == "0":
+        return []
+    args = ["--model", resolved["MODEL"], "--data-dir", resolved["DATA_DIR"], "--precision", resolved["PRECISION"],
+            "--images", str(min(int(resolved["GUARD_IMAGES"]), images)), "--stall-timeout", stall_seconds(resolved)]
+    args += ["--channels-last"] * (resolved["CHANNELS_LAST"] == "1") + ["--freeze"] * (resolved["FREEZE"] == "1")
+    args += ["--model-factory", resolved["MODEL_FACTORY"]] * bool(resolved["MODEL_FACTORY"])
+    return args + ["--trust-pickle"] * (resolved["TRUST_MODEL"] == "1")
+
+
+def check(environ):
+    """The settings resolved, as requested, the image count and warnings; SystemExit with every problem."""
+    requested = settings.requested_from(environ)
+    resolved, problems = settings.resolve(requested)
+    images = 0
+    if not problems:
+        problems, images = dataset_problems(resolved["DATA_DIR"], int(resolved["COUNT"] or 0))
+        problems += model_problems(resolved["MODEL"], resolved["BACKEND"]) + gpu_problems(resolved["DEVICE"])
     if problems:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    for warning in model_warnings(args.model) + dataset_warnings(args.data_dir, args.count):
+        raise SystemExit("\n".join(f"error: {problem}" for problem in problems))
+    warnings = model_warnings(resolved["MODEL"], resolved["BACKEND"])
+    warnings += dataset_warnings(resolved["DATA_DIR"], int(resolved["COUNT"] or 0))
+    if resolved["COUNT"] and int(resolved["COUNT"]) > images:
+        warnings.append(f"COUNT={resolved['COUNT']} is more than the {images} images in "
+                        f"DATA_DIR={resolved['DATA_DIR']}: the run uses all {images}")
+        resolved["COUNT"] = str(images)
+    return resolved, requested, images, warnings
+
+
+def model_contract(resolved, images):
+    """Safe to load, and the output contract kept (model_check.py): its one line, or SystemExit."""
+    from retinanet import model_check
+
+    os.environ.update(device_environment(resolved["DEVICE"]))
+    logging.disable(logging.INFO)  # the harness's dataset logs each load
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation
+    try:
+        return model_check.check(resolved["MODEL"], resolved["DATA_DIR"], resolved["BACKEND"],
+                                 resolved["MODEL_FACTORY"] or None, resolved["TRUST_MODEL"] == "1",
+                                 min(int(resolved["CHECK_IMAGES"]), images), float(stall_seconds(resolved)))
+    except model_check.ModelProblem as problem:
+        raise SystemExit(model_check.error_line(resolved["MODEL"], problem)) from None
+
+
+def shell_assignments(mode, resolved, requested, images):
+    """For run_eval.sh to eval: every setting, the image count, the cache folder, the device's
+    environment, the harness's and the accuracy guard's arguments, and run.json's settings."""
+    cache = os.path.join(resolved["CACHE_DIR"], cache_key(resolved["DATA_DIR"]))
+    record = {"mode": mode, **settings.record(resolved), "images": str(images), "cache": cache}
+    lines = [f"{name}={shlex.quote(value)}" for name, value in resolved.items()]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in device_environment(resolved["DEVICE"]).items()]
+    lines += [f"IMAGES={images}", f"CACHE={shlex.quote(cache)}",
+              f"harness_args=({shlex.join(settings.harness_args(resolved) + ['--cache_dir', cache])})",
+              f"guard_args=({shlex.join(guard_args(mode, resolved, images))})",
+              f"SETTINGS_JSON={shlex.quote(json.dumps({'settings': record, 'requested': requested}))}"]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["accuracy", "performance"])
+    args = parser.parse_args()
+    resolved, requested, images, found = check(os.environ)
+    for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"DEVICE={device}")
-    for name, value in settings.items():
-        print(f"{name}={value}")
-    print(f"IMAGES={images}")
-    print(f"CACHE_KEY={cache_key(args.data_dir)}")
+    print(model_contract(resolved, images), file=sys.stderr)
+    print(shell_assignments(args.mode, resolved, requested, images), flush=True)
+    sys.stderr.flush()
+    os._exit(0)  # all is said: skip the second torch's interpreter teardown takes, before every run
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from retinanet.run_summary import MAP_TARGET, REFERENCE_MAP
+from retinanet.settings import SETTINGS
 from retinanet.runs import RunError, find
 
 PERCENTILES = ["p50", "p90", "p95", "p97", "p99", "p99.9"]
@@ -39,12 +40,20 @@ def ms(ns):
     return None if ns is None else number(ns / 1e6)
 
 
+# always shown; the other settings that can change a result are shown when the user set them
+MAIN_SETTINGS = ("device", "precision", "batch_size", "threads")
+
+
 def setting_text(run):
-    s = run.settings
-    parts = [s.get("device", "?")]
-    parts += [f"{label}={s[key]}" for key, label in [("batch_size", "bs"), ("threads", "thr"), ("qps", "qps"),
-                                                     ("count", "n")] if s.get(key)]
-    return " ".join(parts)
+    s, requested = run.settings, run.record.get("requested") or {}
+    parts = [s.get(key) if key in ("device", "precision") else f"{key}={s.get(key)}"
+             for key in MAIN_SETTINGS if s.get(key)]
+    for setting in SETTINGS:
+        chosen = requested.get(setting.name, s.get(setting.key))  # records before 'requested': the value
+        if (setting.affects_result and setting.key not in MAIN_SETTINGS + ("scenario", "user_conf")
+                and s.get(setting.key) and chosen not in ("", "auto", setting.default)):
+            parts.append(f"{setting.key}={s[setting.key]}")
+    return " ".join(parts) or "?"
 
 
 def label(run):

@@ -1,6 +1,6 @@
 """Write run.json in a run folder: how the run was made, and how it ended.
 
-    run_record.py start RUN_DIR [--pid PID] [--setting KEY=VALUE ...] -- COMMAND...
+    run_record.py start RUN_DIR [--pid PID] --settings JSON -- COMMAND...
     run_record.py finish RUN_DIR --status completed|failed [--reason TEXT]
 
 `finish` also writes summary.json (run_summary.py). A completed run whose logs cannot be
@@ -8,25 +8,20 @@ read is recorded as failed, with the reason, and `finish` exits 1.
 """
 import argparse
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import shlex
 import sys
 from pathlib import Path
 
-from retinanet import ANNOTATIONS, PROJECT_ROOT, UPSTREAM
+from retinanet import ANNOTATIONS, PROJECT_ROOT, UPSTREAM, run_summary
+from retinanet.download_model import cached_md5
+from retinanet.files import file_digest, write_json
 from retinanet.patch_series import PATCH_DIR, PatchError, applied_count, pinned_commit, series
+from retinanet.settings import rerun_command
 
 RECORD = "run.json"
-# settings as run_eval.sh names them -> the make variable that sets them
-MAKE_VARIABLES = {"data_dir": "DATA_DIR", "model": "MODEL", "device": "DEVICE", "scenario": "SCENARIO",
-                  "count": "COUNT", "batch_size": "BATCH_SIZE", "threads": "THREADS", "qps": "QPS",
-                  "time": "TIME", "user_conf": "USER_CONF", "harness_args": "HARNESS_ARGS",
-                  "backend": "BACKEND", "model_factory": "MODEL_FACTORY", "trust_model": "TRUST_MODEL",
-                  "warmup": "WARMUP", "stall_timeout": "STALL_TIMEOUT"}
 
 
 def now():
@@ -106,7 +101,7 @@ def upstream_state(upstream=UPSTREAM, patch_dir=PATCH_DIR):
     patches = series(patch_dir)
     state = {
         "commit": head_commit(git.Repo(upstream)),
-        "patches": [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in patches],
+        "patches": [{"name": p.name, "sha256": file_digest(p, "sha256")} for p in patches],
     }
     try:
         state["pinned"] = pinned_commit()
@@ -119,11 +114,7 @@ def upstream_state(upstream=UPSTREAM, patch_dir=PATCH_DIR):
 
 def file_facts(path):
     path = Path(path)
-    md5 = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            md5.update(block)
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "md5": md5.hexdigest()}
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "md5": cached_md5(path)}
 
 
 def dataset_facts(data_dir, images_used):
@@ -131,25 +122,21 @@ def dataset_facts(data_dir, images_used):
     facts = {"path": str(Path(data_dir).resolve()), "images_used": int(images_used) if images_used else None}
     if annotations.is_file():
         facts["images_total"] = len(json.loads(annotations.read_text())["images"])
-        facts["annotations_md5"] = file_facts(annotations)["md5"]
+        facts["annotations_md5"] = file_digest(annotations)
     return facts
 
 
-def rerun_command(settings):
-    """The make command that repeats the run with the same settings."""
-    words = ["make", "eval" if settings.get("mode") == "accuracy" else "perf"]
-    words += [f"{variable}={settings[key]}" for key, variable in MAKE_VARIABLES.items() if settings.get(key)]
-    return shlex.join(words)
-
-
-def start(run_dir, settings, command, pid=None):
+def start(run_dir, settings, command, pid=None, requested=None):
+    """settings: every setting as resolved (settings.record), with the mode, images and cache
+    folder; requested: as given."""
     record = {
         "status": "running",
         "started": now(),
         "pid": pid,
-        "rerun": rerun_command(settings),
+        "rerun": rerun_command(settings["mode"], settings),
         "command": command,
         "settings": settings,
+        "requested": requested or {},
         "project": project_state(),
         "upstream": upstream_state(),
         "versions": package_versions(),
@@ -158,18 +145,16 @@ def start(run_dir, settings, command, pid=None):
     }
     if settings.get("user_conf") and Path(settings["user_conf"]).is_file():
         record["user_conf"] = {"path": settings["user_conf"], "text": Path(settings["user_conf"]).read_text()}
-    if settings.get("model"):
+    if settings.get("model") and Path(settings["model"]).is_file():
         record["model"] = file_facts(settings["model"])
     if settings.get("data_dir"):
         record["dataset"] = dataset_facts(settings["data_dir"], settings.get("images"))
-    write(run_dir, record)
+    write_json(Path(run_dir) / RECORD, record)
 
 
 def finish(run_dir, status, reason=None):
     """Record how the run ended, and write its summary.json. Returns the error that turned a
     completed run into a failed one, if any."""
-    from retinanet import run_summary
-
     path = Path(run_dir) / RECORD
     record = json.loads(path.read_text()) if path.exists() else {}
     error = None
@@ -182,15 +167,10 @@ def finish(run_dir, status, reason=None):
     record.update(status=status, finished=now())
     if reason:
         record["reason"] = reason
-    write(run_dir, record)
+    write_json(Path(run_dir) / RECORD, record)
     return error
 
 
-def write(run_dir, record, name=RECORD):
-    path = Path(run_dir) / name
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
 
 
 def main():
@@ -199,7 +179,8 @@ def main():
     p_start = sub.add_parser("start")
     p_start.add_argument("run_dir")
     p_start.add_argument("--pid", type=int, help="the process running the run (run_eval.sh)")
-    p_start.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE")
+    p_start.add_argument("--settings", required=True, metavar="JSON",
+                         help='{"settings": {...}, "requested": {...}}, as preflight.py prints it')
     p_finish = sub.add_parser("finish")
     p_finish.add_argument("run_dir")
     p_finish.add_argument("--status", required=True, choices=["completed", "failed"])
@@ -209,8 +190,8 @@ def main():
     args = parser.parse_args(argv[:split])
     command = argv[split + 1:]
     if args.action == "start":
-        settings = dict(item.split("=", 1) for item in args.setting)
-        start(args.run_dir, settings, command, args.pid)
+        given = json.loads(args.settings)
+        start(args.run_dir, given["settings"], command, args.pid, given["requested"])
     else:
         error = finish(args.run_dir, args.status, args.reason)
         if error:

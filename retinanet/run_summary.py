@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from retinanet.files import write_json
 from retinanet.loadgen_log import LogError, parse
 
 SUMMARY = "summary.json"
@@ -65,10 +66,8 @@ def summarize(run_dir, status="completed", reason=None):
 
 
 def write(run_dir, status="completed", reason=None):
-    from retinanet.run_record import write as write_json
-
     summary = summarize(run_dir, status, reason)
-    write_json(run_dir, summary, SUMMARY)
+    write_json(Path(run_dir) / SUMMARY, summary)
     return summary
 
 

@@ -63,8 +63,10 @@ def load(path):
     path = Path(path)
     try:
         record = json.loads((path / RECORD).read_text())
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise RunError(f"{path} is not a run folder: no readable {RECORD} ({error})") from None
+    except ValueError as error:
+        raise RunError(f"{path / RECORD} cannot be read ({error})") from None
     run = Run(path, record, status=record.get("status", "running"), reason=record.get("reason", ""))
     if run.status == "running" and not process_alive(record):
         run.status = "failed"
@@ -94,7 +96,13 @@ def find(results_dir, patterns=()):
         folders = picked
     if not folders:
         raise RunError(f"no run folders (with {RECORD}) in {results_dir}")
-    return [load(folder) for folder in folders]
+    runs = []
+    for folder in folders:
+        try:
+            runs.append(load(folder))
+        except RunError as error:  # listed as such: one damaged folder hides no other run
+            runs.append(Run(folder, {}, status="unreadable", reason=str(error)))
+    return runs
 
 
 def resolve(results_dir, name):

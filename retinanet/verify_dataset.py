@@ -28,6 +28,7 @@ from PIL import Image
 
 from retinanet import ANNOTATIONS, IMAGE_DIR, UPSTREAM
 from retinanet.classes import mlperf_classes
+from retinanet.files import write_json
 
 FULL_VALIDATION_IMAGES = 24781
 CALIBRATION_LIST = UPSTREAM / "calibration" / "openimages" / "openimages_cal_images_list.txt"
@@ -217,9 +218,7 @@ def verify(root, which="validation", max_images=None, full_images=FULL_VALIDATIO
     if unfinished:
         line += f"; {len(unfinished)} unfinished downloads (*.part) are left over, the next download replaces them"
     if manifest is None or write_manifest:
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(current, indent=1) + "\n")
-        tmp.replace(manifest_path)
+        write_json(manifest_path, current, indent=1)
         line += f"; manifest written: {manifest_path}"
     else:
         line += f"; unchanged since the manifest of {manifest['written']}"

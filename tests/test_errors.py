@@ -8,7 +8,7 @@ import torch
 
 from retinanet import patch_series
 
-from conftest import make
+from conftest import DEMO_USER_CONF, make
 
 N = len(patch_series.series())  # patches in the series
 
@@ -72,8 +72,11 @@ def test_model_that_is_not_torchscript(run, demo, tmp_path, earlier_results):
 @pytest.mark.parametrize("setting, message", [
     ("SCENARIO=Batch", "SCENARIO=Batch is not one of: Offline, Server, SingleStream, MultiStream"),
     ("DEVICE=tpu", "DEVICE=tpu is not one of: auto, cpu, gpu"),
-    ("COUNT=ten", "COUNT=ten is not a positive whole number"),
-    ("WARMUP=-1", "WARMUP=-1 is not a whole number of inferences (0: no warm-up)"),
+    ("COUNT=ten", "COUNT=ten is not a whole number, 1 or more"),
+    ("WARMUP=-1", "WARMUP=-1 is not a whole number, 0 or more"),
+    ("IMAGE_CACHE=auto", "IMAGE_CACHE=auto is not one of: none, uint8, float32"),
+    ("QPS=0", "QPS=0 is not a number above 0"),
+    ("STALL_TIMEOUT=soon", "STALL_TIMEOUT=soon is not a number above 0"),
 ])
 def test_unknown_settings(run, demo, setting, message, earlier_results):
     line = fails(run, setting, demo=demo, target="perf")
@@ -97,3 +100,20 @@ def test_half_applied_series_stops_the_run(project_copy, demo, tmp_path, earlier
     assert proc.returncode != 0
     assert error_line(proc).endswith(
         f"holds 1 of the {N} patches (next: 0002-images-in-validation-data.patch); run 'make patch'")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("this is = not *.a.conf", " is not 'model.scenario.key = value' with spaces around '=': LoadGen would ignore it"),
+    ("*.Offline.min_duration=0", " is not 'model.scenario.key = value' with spaces around '=': LoadGen would ignore it"),
+    ("*.Offline.min_duraton = 0", ": LoadGen has no setting 'min_duraton' and would ignore it"),
+    ("retinanet.Batch.min_duration = 0", ": 'retinanet.Batch.min_duration' is not model.scenario.key with a scenario "
+                                         "of Offline, Server, SingleStream, MultiStream or *"),
+    ("*.Offline.target_qps = fast", ": the value 'fast' is not a number"),
+])
+def test_a_user_conf_line_loadgen_would_not_take_is_refused_by_number(run, demo, tmp_path, earlier_results, line,
+                                                                        message):
+    conf = tmp_path / "user.conf"
+    conf.write_text(DEMO_USER_CONF.read_text() + "\n# below: a mistake\n" + line + "\n")
+    number = len(conf.read_text().splitlines())
+    error = fails(run, f"USER_CONF={conf}", demo=demo, target="perf")
+    assert error == f"error: USER_CONF={conf} line {number} ({line!r}){message}"

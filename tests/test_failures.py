@@ -108,7 +108,7 @@ def test_the_model_check_and_the_guard_stop_when_the_model_stalls(run, demo, wei
     output, took = failed_run(run, demo, weightless, "eval", "stalls_on_first_call", "CHECK_IMAGES=1",
                                        "STALL_TIMEOUT=3")
     assert "its folder is" not in output and not (tmp_path / "results").exists()
-    assert re.search(r"^model_check\.py: error: no inference completed in [34] s with 1 sample waiting: stopped as "
+    assert re.search(r"^preflight\.py: error: no inference completed in [34] s with 1 sample waiting: stopped as "
                      r"stalled \(stall limit 3 s \(set by STALL_TIMEOUT\)\)", output, re.M), output[-2000:]
     assert 3 <= took < 20
     output, took = failed_run(run, demo, weightless, "eval", "stalls_on_second_call", "CHECK_IMAGES=0",

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from retinanet import preflight
+from retinanet import harness
+from retinanet.settings import native_bf16
 from retinanet.accuracy_guard import agreement
 from retinanet.demo_models import save_torchscript
 
 from conftest import DEMO_USER_CONF, TESTS
 from misbehaving_models import Bf16Detector
-from test_performance import harness_dataset
 
 ONE_IMAGE = ("COUNT=1", "WARMUP=0", "BATCH_SIZE=1", "THREADS=1")
 
@@ -44,7 +44,7 @@ def plausible(rows):
 
 
 def test_bf16_on_the_cpu_through_eval_and_perf(run, demo):
-    native = preflight.cpu_has_native_bf16()
+    native = native_bf16()
     print(f"\nbf16 on this CPU is {'native' if native else 'emulated (slow): one image'}")
     model = demo["models"]["random-weights"]
     proc, run_dir = run("eval", demo["data"], model, "PRECISION=bf16", "CHANNELS_LAST=1", "GUARD_IMAGES=1",
@@ -92,7 +92,7 @@ def test_half_precision_outputs_reach_loadgen_as_their_float32_values(run, demo,
     completed(run_dir)
     assert json.loads((run_dir / "guard.json").read_text())["agreement"] == 1.0
 
-    images = harness_dataset(demo["data"], tmp_path / "cache", "none", count=2)
+    images = harness.openimages(demo["data"], tmp_path / "cache", count=2)
     logged = detections_in(run_dir)
     for index in range(2):
         output = Bf16Detector()(torch.from_numpy(images.get_item(index)[0])[None])[0]

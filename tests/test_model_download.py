@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from retinanet import PROJECT_ROOT
-from retinanet.download_model import OFFICIAL, cached_md5
+from retinanet import OFFICIAL_MODELS as OFFICIAL
+from retinanet.download_model import cached_md5
 
 from conftest import make
 from loopback import FileServer

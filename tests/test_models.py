@@ -105,6 +105,7 @@ def test_onnx_real_architecture(run, demo, onnx_model):
     proc, record, perf = accuracy_then_performance(run, demo, onnx_model, "BACKEND=onnxruntime",
                                                    accuracy=("COUNT=1", "WARMUP=0"), performance=("WARMUP=1",))
     assert "model check: onnx;" in proc.stdout
+    assert f"warning: MODEL={onnx_model} is not the official resnext50_32x4d_fpn.onnx (MD5 " in proc.stdout
     assert "run_eval: accuracy run, onnxruntime," in proc.stdout
     assert "mAP " in proc.stdout and " on 1 images" in proc.stdout
     assert record["settings"]["backend"] == "onnxruntime" and record["settings"]["batch_size"] == "1"

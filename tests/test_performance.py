@@ -7,24 +7,17 @@ import re
 import numpy as np
 import pytest
 
-from retinanet import accuracy_guard, preflight
+from retinanet import accuracy_guard, harness, settings
+from retinanet.settings import native_bf16
 from retinanet.demo_data import generate
 
 from conftest import DEMO_USER_CONF
 
 
-def harness_dataset(data_dir, cache_dir, image_cache, count=None):
-    _, dataset, openimages = accuracy_guard.harness_modules()
-    return openimages.OpenImages(
-        data_path=str(data_dir), image_list=None, name="openimages-800-retinanet", image_format="NCHW",
-        pre_process=dataset.pre_process_openimages_retinanet, count=count, cache_dir=str(cache_dir),
-        image_size=[800, 800, 3], image_cache=image_cache)
-
-
 def test_inputs_equal_the_reference_preprocessing(demo, tmp_path):
-    reference = harness_dataset(demo["data"], tmp_path / "float32", "float32")
-    on_load = harness_dataset(demo["data"], tmp_path / "none", "none")
-    compact = harness_dataset(demo["data"], tmp_path / "uint8", "uint8")
+    reference = harness.openimages(demo["data"], tmp_path / "float32", image_cache="float32")
+    on_load = harness.openimages(demo["data"], tmp_path / "none", image_cache="none")
+    compact = harness.openimages(demo["data"], tmp_path / "uint8", image_cache="uint8")
     assert reference.get_item_count() == on_load.get_item_count() == 12
     for i in range(12):
         expected = reference.get_item(i)[0]
@@ -43,10 +36,10 @@ def test_inputs_equal_the_reference_preprocessing(demo, tmp_path):
 def test_uint8_cache_never_serves_a_changed_image(upstream, tmp_path):
     generate(tmp_path / "data", num_images=3, seed=1)
     cache = tmp_path / "cache"
-    before = harness_dataset(tmp_path / "data", cache, "uint8").get_item(1)[0]
+    before = harness.openimages(tmp_path / "data", cache, image_cache="uint8").get_item(1)[0]
     generate(tmp_path / "data", num_images=3, seed=2)  # same file names, new pixels
-    after = harness_dataset(tmp_path / "data", cache, "uint8").get_item(1)[0]
-    fresh = harness_dataset(tmp_path / "data", tmp_path / "ref", "float32").get_item(1)[0]
+    after = harness.openimages(tmp_path / "data", cache, image_cache="uint8").get_item(1)[0]
+    fresh = harness.openimages(tmp_path / "data", tmp_path / "ref", image_cache="float32").get_item(1)[0]
     assert not np.array_equal(before, after)
     assert np.abs(after - fresh).max() <= 0.5 / 255 + 1e-6
 
@@ -86,17 +79,20 @@ def test_guard_reports_a_faster_setting_against_fp32(run, demo):
                      r"detections reproduced", proc.stdout, re.M)
 
 
-@pytest.mark.parametrize("device, requested, expected", [
-    ("cpu", {"PRECISION": "auto", "BATCH_SIZE": "", "THREADS": "auto"},
-     {"PRECISION": "bf16" if preflight.cpu_has_native_bf16() else "fp32", "BATCH_SIZE": "1", "THREADS": "1"}),
-    ("gpu", {"PRECISION": "auto", "BATCH_SIZE": "auto"}, {"PRECISION": "fp16", "BATCH_SIZE": "16"}),
-    ("cpu", {"PRECISION": "fp32", "BATCH_SIZE": "4"}, {"PRECISION": "fp32", "BATCH_SIZE": "4"}),
+@pytest.mark.parametrize("requested, expected", [
+    ({"DEVICE": "cpu", "PRECISION": "auto", "BATCH_SIZE": "", "THREADS": "auto"},
+     {"PRECISION": "bf16" if native_bf16() else "fp32", "BATCH_SIZE": "1", "THREADS": "1", "CHANNELS_LAST": "1"}),
+    ({"DEVICE": "gpu", "PRECISION": "auto", "BATCH_SIZE": "auto"}, {"PRECISION": "fp16", "BATCH_SIZE": "16"}),
+    ({"DEVICE": "cpu", "PRECISION": "fp32", "BATCH_SIZE": "4"}, {"PRECISION": "fp32", "BATCH_SIZE": "4"}),
+    ({"DEVICE": "cpu", "BACKEND": "onnxruntime"}, {"PRECISION": "fp32", "BATCH_SIZE": "1", "CHANNELS_LAST": "0"}),
 ])
-def test_auto_settings_follow_the_device(device, requested, expected):
-    assert preflight.resolve_settings(device, requested) == (expected, [])
+def test_auto_settings_follow_the_device(requested, expected):
+    resolved, problems = settings.resolve(requested)
+    assert problems == [] and {name: resolved[name] for name in expected} == expected
 
 
 def test_fp16_on_a_cpu_and_unknown_values_are_refused():
-    _, problems = preflight.resolve_settings("cpu", {"PRECISION": "fp16", "IMAGE_CACHE": "disk"})
-    assert problems == ["IMAGE_CACHE=disk is not one of: auto, none, uint8, float32",
-                        "PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32"]
+    _, problems = settings.resolve({"DEVICE": "cpu", "PRECISION": "fp16", "IMAGE_CACHE": "disk"})
+    assert problems == ["IMAGE_CACHE=disk is not one of: none, uint8, float32"]
+    _, problems = settings.resolve({"DEVICE": "cpu", "PRECISION": "fp16"})
+    assert problems == ["PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32"]

@@ -302,7 +302,9 @@ def test_make_report_renders_table_and_plots(records, tmp_path):
     for name, (_, scenario, _, expected) in RUNS.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {records['runs'][name]['dir'].name} |"))
         if expected:
-            assert f"| {scenario} | cpu bs=2 thr=1 |" in row and f"| {expected} |" in row
+            precision = read(records["runs"][name]["dir"], "run.json")["settings"]["precision"]
+            assert f"| {scenario} | cpu {precision} batch_size=2 threads=1 |" in row, row
+            assert f"| {expected} |" in row
         else:
             assert "| 100.000 | yes |" in row
     assert "INVALID, as LoadGen gives the reasons:" in text
@@ -311,6 +313,19 @@ def test_make_report_renders_table_and_plots(records, tmp_path):
         assert f"]({plot})" in text
         width, height = png_size(tmp_path / "report" / plot)
         assert width >= 600 and height >= 200
+
+
+def test_report_lists_an_unreadable_run_and_reports_the_rest(records, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(records["results"], results, ignore=shutil.ignore_patterns("report"))
+    broken = results / records["runs"]["offline-valid"]["dir"].name
+    (broken / "run.json").write_text('{"status": "comp')  # a disk that filled up mid-write
+    proc = make("report", f"RESULTS_DIR={results}", f"REPORT_DIR={tmp_path / 'report'}")
+    assert re.search(rf"^\| {broken.name} \| \? \| \? \| unreadable \| {re.escape(str(broken / 'run.json'))} "
+                     r"cannot be read \(", proc.stdout, re.M), proc.stdout
+    for name in RUNS:
+        if name != "offline-valid":
+            assert f"| {records['runs'][name]['dir'].name} |" in proc.stdout
 
 
 def test_report_on_a_subset(records, tmp_path):
@@ -347,7 +362,7 @@ def test_make_compare_gives_ratios_and_warns_when_unfair(records):
 
     scenarios = make("compare", f"RESULTS_DIR={records['results']}", f"A={valid.name}",
                      f"B={records['runs']['singlestream-valid']['dir'].name}")
-    assert "  - setting differs, scenario: A Offline / B SingleStream" in scenarios.stdout
+    assert "  - setting differs, SCENARIO: A Offline / B SingleStream" in scenarios.stdout
 
     unknown = make("compare", f"RESULTS_DIR={records['results']}", "A=nothing-like-this", f"B={valid.name}",
                    check=False)

@@ -2,6 +2,7 @@
 and its manifest. Each damage is made on a copy of the generated demo dataset, and each must
 be named with its file and what to do."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -124,9 +125,9 @@ def test_run_warns_when_the_dataset_differs_from_its_manifest(data, demo, tmp_pa
     assert verify(data)[0].returncode == 0
     victim = image(data, 5)
     cv2.imwrite(str(victim), cv2.imread(str(victim)), [cv2.IMWRITE_JPEG_QUALITY, 40])
-    check = subprocess.run([sys.executable, "-m", "retinanet.preflight", "--data-dir", str(data), "--model",
-                            str(demo["models"]["oracle"]), "--device", "cpu"], cwd=PROJECT_ROOT,
-                           capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "retinanet.preflight", "accuracy"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, env=dict(os.environ, DATA_DIR=str(data),
+                                                                    MODEL=str(demo["models"]["oracle"]), DEVICE="cpu"))
     assert check.returncode == 0, check.stderr
     warnings = check.stderr.splitlines()
     assert warnings[0].startswith(f"warning: MODEL={demo['models']['oracle']} is not the official "
