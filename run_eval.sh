@@ -6,7 +6,7 @@
 #   run_eval.sh performance   LoadGen PerformanceOnly: VALID/INVALID, samples/s or latency
 #
 # Settings come from the environment: every variable in retinanet/settings.py's table (make
-# exports them; `make help` lists them). retinanet/preflight.py validates and resolves them
+# passes them all; `make help` lists them). retinanet/preflight.py validates and resolves them
 # all before anything else happens, and prints them back as shell assignments.
 set -euo pipefail
 cd "$(dirname "$0")"

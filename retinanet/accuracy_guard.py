@@ -11,7 +11,6 @@ import io
 import json
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
@@ -42,14 +41,12 @@ def detect(model_path, images, source=None, stall_timeout=0, **settings):
     results = []
     with failfast.Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
         for number, image in enumerate(images, start=1):
-            watchdog.issued(1)
-            started = time.monotonic()
             try:
-                output = backend.predict({"image": image[None]})[0]
+                with watchdog.inference():
+                    output = backend.predict({"image": image[None]})[0]
             except Exception as error:
                 raise GuardError(f"the model raised in {settings.get('precision', 'fp32')} on image {number} "
                                  f"of {len(images)}: {failfast.describe(error)}") from error
-            watchdog.completed(1, time.monotonic() - started)
             keep = output["scores"] >= SCORE_THRESHOLD
             results.append(tuple(output[key][keep].cpu().numpy() for key in ("boxes", "scores", "labels")))
     return results

@@ -19,7 +19,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -262,10 +261,8 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
         try:
             with harness.module("failfast").Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
                 for image in pixels:
-                    watchdog.issued(1)
-                    started = time.monotonic()
-                    outputs.append(runtime.predict({input_name: image[None]}))
-                    watchdog.completed(1, time.monotonic() - started)
+                    with watchdog.inference():
+                        outputs.append(runtime.predict({input_name: image[None]}))
         except Exception as error:
             raise ModelProblem(f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: {first_line(error)}") \
                 from None

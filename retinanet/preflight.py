@@ -156,13 +156,13 @@ def check(environ):
         problems += model_problems(resolved["MODEL"], resolved["BACKEND"]) + gpu_problems(resolved["DEVICE"])
     if problems:
         raise SystemExit("\n".join(f"error: {problem}" for problem in problems))
-    warnings = model_warnings(resolved["MODEL"], resolved["BACKEND"])
-    warnings += dataset_warnings(resolved["DATA_DIR"], int(resolved["COUNT"] or 0))
+    found = model_warnings(resolved["MODEL"], resolved["BACKEND"])
+    found += dataset_warnings(resolved["DATA_DIR"], int(resolved["COUNT"] or 0))
     if resolved["COUNT"] and int(resolved["COUNT"]) > images:
-        warnings.append(f"COUNT={resolved['COUNT']} is more than the {images} images in "
+        found.append(f"COUNT={resolved['COUNT']} is more than the {images} images in "
                         f"DATA_DIR={resolved['DATA_DIR']}: the run uses all {images}")
         resolved["COUNT"] = str(images)
-    return resolved, requested, images, warnings
+    return resolved, requested, images, found
 
 
 def model_contract(resolved, images):

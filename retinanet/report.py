@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from retinanet.run_summary import MAP_TARGET, REFERENCE_MAP
-from retinanet.settings import SETTINGS
 from retinanet.runs import RunError, find
+from retinanet.settings import SETTINGS
 
 PERCENTILES = ["p50", "p90", "p95", "p97", "p99", "p99.9"]
 SCENARIO_COLORS = {"Offline": "tab:blue", "Server": "tab:orange", "SingleStream": "tab:green",

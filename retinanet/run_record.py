@@ -48,11 +48,16 @@ def accelerator():
     return info
 
 
-def cpu_model():
+def cpuinfo(field):
+    """The first value of a /proc/cpuinfo field, or None."""
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
+        if line.split(":", 1)[0].strip() == field:
             return line.split(":", 1)[1].strip()
-    return platform.processor()
+    return None
+
+
+def cpu_model():
+    return cpuinfo("model name") or platform.processor()
 
 
 # what decides the CPU's fast paths: AVX2 only, AVX-512, native bf16 (AVX512-BF16, AMX)
@@ -61,11 +66,8 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 def cpu_flags():
     """Those of CPU_FLAGS this CPU has."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in CPU_FLAGS if flag in present]
-    return []
+    present = set((cpuinfo("flags") or "").split())
+    return [flag for flag in CPU_FLAGS if flag in present]
 
 
 def head_commit(repo):
@@ -169,8 +171,6 @@ def finish(run_dir, status, reason=None):
         record["reason"] = reason
     write_json(Path(run_dir) / RECORD, record)
     return error
-
-
 
 
 def main():

@@ -233,7 +233,6 @@ SETTINGS = [
             flag="--stall-timeout"),
     Setting("RESULTS_DIR", "results", "every run gets a new folder in here", path),
 ]
-BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
 # -- resolution --------------------------------------------------------------------------
