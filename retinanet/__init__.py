@@ -1,4 +1,5 @@
 """The retinanet overlay's own Python: demo data and models, patch series, run checks."""
+
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +16,14 @@ INPUT_SIZE = 800
 # The official models, by format: zenodo records named in the upstream README
 # (vision/classification_and_detection).
 OFFICIAL_MODELS = {
-    "pytorch": {"file": "resnext50_32x4d_fpn.pth", "record": "6617981", "md5": "a55f6bec3464f605ce8d686da8ac1533"},
-    "onnx": {"file": "resnext50_32x4d_fpn.onnx", "record": "6617879", "md5": "4544f4e56e0a4684215831cc937ea45c"},
+    "pytorch": {
+        "file": "resnext50_32x4d_fpn.pth",
+        "record": "6617981",
+        "md5": "a55f6bec3464f605ce8d686da8ac1533",
+    },
+    "onnx": {
+        "file": "resnext50_32x4d_fpn.onnx",
+        "record": "6617879",
+        "md5": "4544f4e56e0a4684215831cc937ea45c",
+    },
 }

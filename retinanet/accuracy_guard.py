@@ -5,6 +5,7 @@ once in fp32 and once with the setting under test, and reports how many fp32 det
 the setting reproduces (same label, IoU >= 0.9) and both mAPs on those images. Writes
 guard.json into the run folder.
 """
+
 import argparse
 import contextlib
 import io
@@ -45,10 +46,14 @@ def detect(model_path, images, source=None, stall_timeout=0, **settings):
                 with watchdog.inference():
                     output = backend.predict({"image": image[None]})[0]
             except Exception as error:
-                raise GuardError(f"the model raised in {settings.get('precision', 'fp32')} on image {number} "
-                                 f"of {len(images)}: {failfast.describe(error)}") from error
+                raise GuardError(
+                    f"the model raised in {settings.get('precision', 'fp32')} on image {number} "
+                    f"of {len(images)}: {failfast.describe(error)}"
+                ) from error
             keep = output["scores"] >= SCORE_THRESHOLD
-            results.append(tuple(output[key][keep].cpu().numpy() for key in ("boxes", "scores", "labels")))
+            results.append(
+                tuple(output[key][keep].cpu().numpy() for key in ("boxes", "scores", "labels"))
+            )
     return results
 
 
@@ -84,8 +89,14 @@ def subset_map(truth, image_infos, detections):
     for info, (boxes, scores, labels) in zip(image_infos, detections):
         sx, sy = info["width"] / INPUT_SIZE, info["height"] / INPUT_SIZE
         for (x0, y0, x1, y1), score, label in zip(boxes, scores, labels):
-            entries.append({"image_id": info["id"], "category_id": int(label), "score": float(score),
-                            "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy]})
+            entries.append(
+                {
+                    "image_id": info["id"],
+                    "category_id": int(label),
+                    "score": float(score),
+                    "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy],
+                }
+            )
     if not entries:
         return 0.0
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' progress chatter
@@ -107,27 +118,46 @@ def guard(model, data_dir, images, settings, source=None, stall_timeout=0):
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO(str(Path(data_dir) / ANNOTATIONS))
     infos = [truth.imgs[image_id] for image_id in ds.image_ids]
-    report = {"images": len(pixels), "setting": settings, "match_iou": MATCH_IOU, **agreement(reference, candidate)}
+    report = {
+        "images": len(pixels),
+        "setting": settings,
+        "match_iou": MATCH_IOU,
+        **agreement(reference, candidate),
+    }
     report["map_fp32"] = subset_map(truth, infos, reference)
     report["map_setting"] = subset_map(truth, infos, candidate)
     return report
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], required=True)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--freeze", action="store_true")
-    parser.add_argument("--model-factory", help="MODULE:FUNCTION that builds the model a state dict loads into")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow a full pickle (run_eval.sh checked it)")
+    parser.add_argument(
+        "--model-factory", help="MODULE:FUNCTION that builds the model a state dict loads into"
+    )
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="allow a full pickle (run_eval.sh checked it)"
+    )
     parser.add_argument("--out", help="write the report here as JSON")
-    parser.add_argument("--stall-timeout", type=float, default=0,
-                        help="seconds an inference may take before the guard stops as stalled (0: derived)")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=0,
+        help="seconds an inference may take before the guard stops as stalled (0: derived)",
+    )
     args = parser.parse_args()
-    settings = {"precision": args.precision, "channels_last": args.channels_last, "freeze": args.freeze}
+    settings = {
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "freeze": args.freeze,
+    }
     source = {"model_factory": args.model_factory, "trust_pickle": args.trust_pickle}
     try:
         report = guard(args.model, args.data_dir, args.images, settings, source, args.stall_timeout)
@@ -137,11 +167,15 @@ def main():
         sys.exit(f"accuracy_guard.py: error: {reason.splitlines()[0]}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    name = "+".join([args.precision] + ["channels_last"] * args.channels_last + ["freeze"] * args.freeze)
-    print(f"accuracy guard, {name} against fp32 on {report['images']} images: "
-          f"{100 * report['agreement']:.1f}% of {report['reference_detections']} fp32 detections reproduced "
-          f"(same label, IoU >= {MATCH_IOU}), mean |score difference| {report['mean_abs_score_difference']:.4f}; "
-          f"mAP {report['map_setting']:.3f}% vs fp32 {report['map_fp32']:.3f}% on these images")
+    name = "+".join(
+        [args.precision] + ["channels_last"] * args.channels_last + ["freeze"] * args.freeze
+    )
+    print(
+        f"accuracy guard, {name} against fp32 on {report['images']} images: "
+        f"{100 * report['agreement']:.1f}% of {report['reference_detections']} fp32 detections reproduced "
+        f"(same label, IoU >= {MATCH_IOU}), mean |score difference| {report['mean_abs_score_difference']:.4f}; "
+        f"mAP {report['map_setting']:.3f}% vs fp32 {report['map_fp32']:.3f}% on these images"
+    )
 
 
 if __name__ == "__main__":

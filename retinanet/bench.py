@@ -10,6 +10,7 @@ Each path makes an Offline and a SingleStream performance run through run_eval.s
 each has its run folder and run.json) and is measured for: preprocessing wall time, disk
 written by preprocessing, peak RSS, Offline samples/s and SingleStream p90 latency.
 """
+
 import argparse
 import datetime
 import json
@@ -24,10 +25,22 @@ from retinanet.run_record import CPU_FLAGS, cpu_flags, cpu_model
 from retinanet.settings import native_bf16
 
 PATHS = {
-    "reference": {"PRECISION": "fp32", "CHANNELS_LAST": "0", "FREEZE": "0", "BATCH_SIZE": "32",
-                  "THREADS": str(os.cpu_count()), "IMAGE_CACHE": "float32"},
-    "project": {"PRECISION": "auto", "CHANNELS_LAST": "auto", "FREEZE": "auto", "BATCH_SIZE": "auto",
-                "THREADS": "auto", "IMAGE_CACHE": "none"},
+    "reference": {
+        "PRECISION": "fp32",
+        "CHANNELS_LAST": "0",
+        "FREEZE": "0",
+        "BATCH_SIZE": "32",
+        "THREADS": str(os.cpu_count()),
+        "IMAGE_CACHE": "float32",
+    },
+    "project": {
+        "PRECISION": "auto",
+        "CHANNELS_LAST": "auto",
+        "FREEZE": "auto",
+        "BATCH_SIZE": "auto",
+        "THREADS": "auto",
+        "IMAGE_CACHE": "none",
+    },
 }
 
 
@@ -38,8 +51,13 @@ def folder_bytes(path):
 def measured_run(scenario, settings, common):
     """One run_eval.sh performance run; returns its folder and the peak RSS of its process tree."""
     env = dict(os.environ, **common, **settings, SCENARIO=scenario)
-    proc = subprocess.Popen([str(PROJECT_ROOT / "run_eval.sh"), "performance"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(PROJECT_ROOT / "run_eval.sh"), "performance"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = proc.stdout.read()
     # wait4 reports the largest RSS among the run's waited-for descendants: the harness
     _, status, usage = os.wait4(proc.pid, 0)
@@ -69,13 +87,24 @@ def bench_path(name, settings, common, cache_dir):
     single, single_rss = measured_run("SingleStream", settings, common)
     record = json.loads((offline / "run.json").read_text())["settings"]
     return {
-        "settings": {k: record[k] for k in ("precision", "channels_last", "freeze", "batch_size", "threads",
-                                            "image_cache", "device")},
+        "settings": {
+            k: record[k]
+            for k in (
+                "precision",
+                "channels_last",
+                "freeze",
+                "batch_size",
+                "threads",
+                "image_cache",
+                "device",
+            )
+        },
         "preprocessing_s": preprocessing_seconds(offline),
         "disk_bytes": disk,
         "peak_rss_bytes": max(offline_rss, single_rss),
         "offline_samples_per_s": summary_value(offline, r"^Samples per second: ([0-9.e+-]+)"),
-        "singlestream_p90_ms": summary_value(single, r"^90.00 percentile latency \(ns\)\s*: (\d+)") / 1e6,
+        "singlestream_p90_ms": summary_value(single, r"^90.00 percentile latency \(ns\)\s*: (\d+)")
+        / 1e6,
         "runs": [str(offline), str(single)],
     }
 
@@ -92,16 +121,22 @@ ROWS = [  # metric, key, unit format, ratio as project/reference (True) or refer
 def machine():
     """The facts a figure depends on: the CPU, its flags that decide the fast paths, the date."""
     flags = cpu_flags()
-    return {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(), "cpu": cpu_model(),
-            "cpus": os.cpu_count(), "cpu_flags": flags,
-            "missing_cpu_flags": [flag for flag in CPU_FLAGS if flag not in flags],
-            "native_bf16": native_bf16()}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpu_flags": flags,
+        "missing_cpu_flags": [flag for flag in CPU_FLAGS if flag not in flags],
+        "native_bf16": native_bf16(),
+    }
 
 
 def machine_line(facts):
-    return (f"machine: {facts['cpu']}, {facts['cpus']} CPUs; CPU flags: {' '.join(facts['cpu_flags']) or 'none'}"
-            f" (not: {' '.join(facts['missing_cpu_flags']) or 'none'}); native bf16: "
-            f"{'yes' if facts['native_bf16'] else 'no'}; {facts['date']}")
+    return (
+        f"machine: {facts['cpu']}, {facts['cpus']} CPUs; CPU flags: {' '.join(facts['cpu_flags']) or 'none'}"
+        f" (not: {' '.join(facts['missing_cpu_flags']) or 'none'}); native bf16: "
+        f"{'yes' if facts['native_bf16'] else 'no'}; {facts['date']}"
+    )
 
 
 def table(results):
@@ -121,10 +156,14 @@ def table(results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--count", type=int, default=8, help="images (Offline samples, SingleStream queries)")
+    parser.add_argument(
+        "--count", type=int, default=8, help="images (Offline samples, SingleStream queries)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--user-conf", default=str(PROJECT_ROOT / "conf" / "demo-user.conf"))
     parser.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
@@ -133,9 +172,16 @@ def main():
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.results_dir) / f"{stamp}-bench"
     out.mkdir(parents=True)
-    common = {"DATA_DIR": args.data_dir, "MODEL": args.model, "COUNT": str(args.count), "DEVICE": args.device,
-              "USER_CONF": args.user_conf, "RESULTS_DIR": str(out / "runs"), "PYTHON": sys.executable,
-              "GUARD_IMAGES": "0"}
+    common = {
+        "DATA_DIR": args.data_dir,
+        "MODEL": args.model,
+        "COUNT": str(args.count),
+        "DEVICE": args.device,
+        "USER_CONF": args.user_conf,
+        "RESULTS_DIR": str(out / "runs"),
+        "PYTHON": sys.executable,
+        "GUARD_IMAGES": "0",
+    }
     results = {"machine": machine()}
     print(f"bench: {machine_line(results['machine'])}", flush=True)
     for name, settings in PATHS.items():

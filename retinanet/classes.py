@@ -3,6 +3,7 @@
 Category id i is the i-th name of MLPERF_CLASSES in tools/openimages_mlperf.sh, as
 tools/openimages.py assigns them; reading the list from there keeps one source.
 """
+
 import re
 import shlex
 

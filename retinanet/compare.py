@@ -3,6 +3,7 @@ software or hardware that makes the comparison unfair.
 
     python -m retinanet.compare --results RESULTS_DIR A B
 """
+
 import argparse
 import sys
 
@@ -17,16 +18,31 @@ def setting(key):
 
 # (label, how to read it from a run): what must match for two figures to be comparable: every
 # setting that can change a result (retinanet/settings.py), and what the run read
-SETTINGS = [("mode", setting("mode"))] + [
-    (s.name, setting(s.key)) for s in SETTING_TABLE if s.affects_result and s.name != "USER_CONF"] + [
-    ("images", setting("images")),
-    ("user.conf", lambda r: (r.record.get("user_conf") or {}).get("text")),
-    ("dataset annotations (md5)", lambda r: (r.record.get("dataset") or {}).get("annotations_md5")),
-    ("model (md5)", lambda r: (r.record.get("model") or {}).get("md5")),
-]
+SETTINGS = (
+    [("mode", setting("mode"))]
+    + [
+        (s.name, setting(s.key))
+        for s in SETTING_TABLE
+        if s.affects_result and s.name != "USER_CONF"
+    ]
+    + [
+        ("images", setting("images")),
+        ("user.conf", lambda r: (r.record.get("user_conf") or {}).get("text")),
+        (
+            "dataset annotations (md5)",
+            lambda r: (r.record.get("dataset") or {}).get("annotations_md5"),
+        ),
+        ("model (md5)", lambda r: (r.record.get("model") or {}).get("md5")),
+    ]
+)
 SOFTWARE = [
     ("upstream commit", lambda r: (r.record.get("upstream") or {}).get("commit")),
-    ("patch series", lambda r: " ".join(p["sha256"][:12] for p in (r.record.get("upstream") or {}).get("patches", []))),
+    (
+        "patch series",
+        lambda r: " ".join(
+            p["sha256"][:12] for p in (r.record.get("upstream") or {}).get("patches", [])
+        ),
+    ),
     ("project commit", lambda r: (r.record.get("project") or {}).get("commit")),
     ("LoadGen", lambda r: r.record.get("versions", {}).get("mlcommons-loadgen")),
     ("Python", lambda r: r.record.get("versions", {}).get("python")),
@@ -49,7 +65,13 @@ def short(value, width=40):
 
 
 def ratio(a, b):
-    if a is None or b is None or not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
+    if (
+        a is None
+        or b is None
+        or not isinstance(a, (int, float))
+        or not isinstance(b, (int, float))
+        or a == 0
+    ):
         return None
     return f"{b / a:.3f}"
 
@@ -57,7 +79,10 @@ def ratio(a, b):
 def figures(run):
     """(label, value) of what the run measured."""
     s = run.summary
-    rows = [("status", run.status), ("result", s.get("result") or ("n/a (accuracy run)" if run.accuracy else None))]
+    rows = [
+        ("status", run.status),
+        ("result", s.get("result") or ("n/a (accuracy run)" if run.accuracy else None)),
+    ]
     if run.accuracy:
         rows.append(("mAP %", run.accuracy["map"]))
     metric = s.get("metric") or {}
@@ -70,8 +95,11 @@ def figures(run):
     for key in ["mean"] + PERCENTILES:
         if latency.get(key) is not None:
             rows.append((f"{key} latency (ms, lower is better)", latency[key] / 1e6))
-    rows += [("queries", s.get("queries")), ("duration (s)", s.get("duration_s")),
-             ("LoadGen warnings / errors", f"{s.get('warnings', '?')} / {s.get('errors', '?')}")]
+    rows += [
+        ("queries", s.get("queries")),
+        ("duration (s)", s.get("duration_s")),
+        ("LoadGen warnings / errors", f"{s.get('warnings', '?')} / {s.get('errors', '?')}"),
+    ]
     return rows
 
 
@@ -85,7 +113,9 @@ def unfair(a, b):
             warnings.append(f"{tag} is INVALID: " + "; ".join(run.summary.get("reasons", [])))
         for tree in ("project", "upstream"):
             if (run.record.get(tree) or {}).get("dirty"):
-                warnings.append(f"{tag}'s {tree} tree was dirty: its code is not exactly its commit")
+                warnings.append(
+                    f"{tag}'s {tree} tree was dirty: its code is not exactly its commit"
+                )
     for group, fields in (("setting", SETTINGS), ("software", SOFTWARE), ("hardware", HARDWARE)):
         for name, read in fields:
             va, vb = read(a), read(b)
@@ -97,11 +127,19 @@ def unfair(a, b):
 def compare(a, b):
     fa, fb = dict(figures(a)), dict(figures(b))
     names = list(dict.fromkeys([n for n, _ in figures(a)] + [n for n, _ in figures(b)]))
-    rows = [[name, number(fa.get(name)) if isinstance(fa.get(name), float) else fa.get(name),
-             number(fb.get(name)) if isinstance(fb.get(name), float) else fb.get(name),
-             ratio(fa.get(name), fb.get(name))] for name in names]
-    rows += [[name, short(read(a)), short(read(b)), "" if read(a) == read(b) else "differs"]
-             for name, read in SETTINGS + SOFTWARE + HARDWARE]
+    rows = [
+        [
+            name,
+            number(fa.get(name)) if isinstance(fa.get(name), float) else fa.get(name),
+            number(fb.get(name)) if isinstance(fb.get(name), float) else fb.get(name),
+            ratio(fa.get(name), fb.get(name)),
+        ]
+        for name in names
+    ]
+    rows += [
+        [name, short(read(a)), short(read(b)), "" if read(a) == read(b) else "differs"]
+        for name, read in SETTINGS + SOFTWARE + HARDWARE
+    ]
     lines = [f"A: {a.path}", f"B: {b.path}", "", table(["", "A", "B", "B/A"], rows), ""]
     warnings = unfair(a, b)
     if warnings:
@@ -113,9 +151,13 @@ def compare(a, b):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", default="results", help="the folder holding the run folders")
-    parser.add_argument("a", help="run A: a folder name under RESULTS, a unique part of one, or a path")
+    parser.add_argument(
+        "a", help="run A: a folder name under RESULTS, a unique part of one, or a path"
+    )
     parser.add_argument("b", help="run B")
     args = parser.parse_args()
     try:

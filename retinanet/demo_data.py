@@ -7,6 +7,7 @@ Every image carries its index as a 16-bit code in a strip along its top edge, so
 oracle model (demo_models.py) can recognise it after the harness has resized it to
 800x800. Same seed, same bytes.
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -96,28 +97,47 @@ def generate(out_dir, num_images=12, seed=0):
         labels = [int(label) for label in rng.integers(0, len(classes), size=count)]
         group_of = [int(g) for g in rng.random(count) < GROUP_OF_FRACTION]
         img = render_image(rng, width, height, boxes, labels, image_code(index))
-        ok, jpeg = cv2.imencode(".jpg", img[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        ok, jpeg = cv2.imencode(
+            ".jpg", img[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        )
         assert ok
         (out_dir / IMAGE_DIR / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
 
         # ids are 1-based and images sorted by ImageID, as tools/openimages.py writes them
-        images.append({
-            "id": index + 1, "file_name": f"{image_id}.jpg", "height": height, "width": width,
-            "license": None, "coco_url": None,
-        })
+        images.append(
+            {
+                "id": index + 1,
+                "file_name": f"{image_id}.jpg",
+                "height": height,
+                "width": width,
+                "license": None,
+                "coco_url": None,
+            }
+        )
         for box, label, crowd in zip(boxes, labels, group_of):
             bbox = [round(v, 4) for v in box]
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": index + 1, "category_id": label,
-                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": crowd,
-                "IsOccluded": 0, "IsInside": 0, "IsDepiction": 0, "IsTruncated": 0,
-                "IsGroupOf": crowd,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": label,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": crowd,
+                    "IsOccluded": 0,
+                    "IsInside": 0,
+                    "IsDepiction": 0,
+                    "IsTruncated": 0,
+                    "IsGroupOf": crowd,
+                }
+            )
 
     coco = {
         "info": {"dataset": "openimages_mlperf", "version": "v6"},
         "licenses": [],
-        "categories": [{"id": i, "name": name, "supercategory": None} for i, name in enumerate(classes)],
+        "categories": [
+            {"id": i, "name": name, "supercategory": None} for i, name in enumerate(classes)
+        ],
         "images": images,
         "annotations": annotations,
     }
@@ -130,7 +150,9 @@ def load_annotations(data_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--images", type=int, default=12, help="number of images")
     parser.add_argument("--seed", type=int, default=0)

@@ -9,10 +9,10 @@ Both take float [N,3,800,800] in [0,1] and return one dict per image: boxes xyxy
   true boxes, so its mAP is exactly 100%. Its variants break one convention each
   (label+1, xywh boxes, boxes in original pixels) or perturb the boxes.
 """
+
 import argparse
 import math
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import torch
@@ -26,7 +26,13 @@ from retinanet.classes import NUM_CLASSES
 from retinanet.demo_data import CODE_BITS, CODE_STRIP_FRACTION, load_annotations
 
 MODEL_FILE = "resnext50_32x4d_fpn.pth"
-ORACLE_VARIANTS = ["oracle", "oracle-label-plus-one", "oracle-xywh", "oracle-unscaled", "oracle-perturbed"]
+ORACLE_VARIANTS = [
+    "oracle",
+    "oracle-label-plus-one",
+    "oracle-xywh",
+    "oracle-unscaled",
+    "oracle-perturbed",
+]
 
 
 class ListOfDetections(nn.Module):
@@ -36,7 +42,7 @@ class ListOfDetections(nn.Module):
         super().__init__()
         self.detector = detector
 
-    def forward(self, images: Tensor) -> List[Dict[str, Tensor]]:
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
         outputs = self.detector(list(images.unbind(0)))
         if torch.jit.is_scripting():
             return outputs[1]  # scripted detectors return (losses, detections)
@@ -46,8 +52,11 @@ class ListOfDetections(nn.Module):
 def build_random_retinanet(seed=0):
     torch.manual_seed(seed)
     backbone = resnet_fpn_backbone(
-        backbone_name="resnext50_32x4d", weights=None, trainable_layers=5,
-        returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256),
+        backbone_name="resnext50_32x4d",
+        weights=None,
+        trainable_layers=5,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
     )
     # Zero the last norm of each residual block so random activations stay bounded.
     for name, buffer in backbone.body.named_buffers():
@@ -73,22 +82,26 @@ class OracleDetector(nn.Module):
         self.strip = int(INPUT_SIZE * CODE_STRIP_FRACTION)
         self.cell = INPUT_SIZE // CODE_BITS
 
-    def forward(self, images: Tensor) -> List[Dict[str, Tensor]]:
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
         strip, cell = self.strip, self.cell
-        rows = images[:, :, strip // 4: 3 * strip // 4, :].mean(dim=(1, 2))
-        cells = rows.reshape(images.shape[0], self.code_bits, cell)[:, :, cell // 4: 3 * cell // 4].mean(-1)
+        rows = images[:, :, strip // 4 : 3 * strip // 4, :].mean(dim=(1, 2))
+        cells = rows.reshape(images.shape[0], self.code_bits, cell)[
+            :, :, cell // 4 : 3 * cell // 4
+        ].mean(-1)
         codes = ((cells > 0.5).long() * self.bit_values).sum(1)
         known = codes < self.counts.shape[0]
         codes = torch.where(known, codes, torch.zeros_like(codes))
-        detections: List[Dict[str, Tensor]] = []
+        detections: list[dict[str, Tensor]] = []
         for i in range(codes.shape[0]):
             code = int(codes[i])
             n = int(self.counts[code])
-            detections.append({
-                "boxes": self.boxes[code, :n],
-                "scores": self.scores[code, :n],
-                "labels": self.labels[code, :n],
-            })
+            detections.append(
+                {
+                    "boxes": self.boxes[code, :n],
+                    "scores": self.scores[code, :n],
+                    "labels": self.labels[code, :n],
+                }
+            )
         return detections
 
 
@@ -125,16 +138,25 @@ def oracle_detections(coco, variant="oracle", seed=0):
                 if rng.random() < 0.2:
                     continue  # missed
                 w, h = box[2] - box[0], box[3] - box[1]
-                box = [box[0] + rng.normal(0, 0.08) * w, box[1] + rng.normal(0, 0.08) * h,
-                       box[2] + rng.normal(0, 0.08) * w, box[3] + rng.normal(0, 0.08) * h]
+                box = [
+                    box[0] + rng.normal(0, 0.08) * w,
+                    box[1] + rng.normal(0, 0.08) * h,
+                    box[2] + rng.normal(0, 0.08) * w,
+                    box[3] + rng.normal(0, 0.08) * h,
+                ]
                 score = float(rng.uniform(0.1, 1.0))
             dets.append((box, score, label))
         if variant == "oracle-perturbed":
             for _ in range(int(rng.integers(0, 4))):  # false positives
                 x0, y0 = rng.uniform(0, 700, size=2)
                 w, h = rng.uniform(20, 100, size=2)
-                dets.append(([x0, y0, x0 + w, y0 + h], float(rng.uniform(0.1, 0.9)),
-                             int(rng.integers(0, NUM_CLASSES))))
+                dets.append(
+                    (
+                        [x0, y0, x0 + w, y0 + h],
+                        float(rng.uniform(0.1, 0.9)),
+                        int(rng.integers(0, NUM_CLASSES)),
+                    )
+                )
         dets.sort(key=lambda det: -det[1])
         result.append(dets)
     return result
@@ -169,11 +191,19 @@ def save_torchscript(module, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", help="demo dataset folder (needed for the oracles)")
-    parser.add_argument("--out", required=True, help="models folder: writes <out>/<model>/" + MODEL_FILE)
-    parser.add_argument("--models", nargs="+", default=ORACLE_VARIANTS + ["random-weights"],
-                        choices=ORACLE_VARIANTS + ["random-weights"])
+    parser.add_argument(
+        "--out", required=True, help="models folder: writes <out>/<model>/" + MODEL_FILE
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=ORACLE_VARIANTS + ["random-weights"],
+        choices=ORACLE_VARIANTS + ["random-weights"],
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(args.out)

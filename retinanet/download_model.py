@@ -12,6 +12,7 @@ of a broken connection, which the next run continues.
 pooch and the like verify a hash but start over after a broken connection: for 150 MB
 over a slow link, resuming is the point, hence requests and a few lines here.
 """
+
 import argparse
 import errno
 import hashlib
@@ -83,22 +84,30 @@ def fetch(url, part, md5, progress=True):
                     digest.update(block)
         try:
             # identity: Range and Content-Length then count the bytes on disk
-            headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={done}-"} if done else {})}
+            headers = {
+                "Accept-Encoding": "identity",
+                **({"Range": f"bytes={done}-"} if done else {}),
+            }
             response = requests.get(url, stream=True, timeout=HTTP_TIMEOUT, headers=headers)
         except requests.exceptions.RequestException as error:
             if attempt < ATTEMPTS:
                 time.sleep(RETRY_PAUSE_S)
                 continue
-            raise DownloadError(f"cannot reach {url} ({type(error).__name__}): check the network, or set "
-                                "ZENODO_URL to a mirror") from None
+            raise DownloadError(
+                f"cannot reach {url} ({type(error).__name__}): check the network, or set "
+                "ZENODO_URL to a mirror"
+            ) from None
         if response.status_code == 416 and done:
             # the server has no byte after what part holds: it is whole, or from another file
             return digest.hexdigest()
         if not response.ok:
-            raise DownloadError(f"{url} answered HTTP {response.status_code} {response.reason}: check FORMAT "
-                                "and ZENODO_URL")
-        resumed = response.status_code == 206 and \
-            response.headers.get("Content-Range", "").startswith(f"bytes {done}-")
+            raise DownloadError(
+                f"{url} answered HTTP {response.status_code} {response.reason}: check FORMAT "
+                "and ZENODO_URL"
+            )
+        resumed = response.status_code == 206 and response.headers.get(
+            "Content-Range", ""
+        ).startswith(f"bytes {done}-")
         if not resumed:  # the whole file is coming
             done, digest = 0, hashlib.md5()
         length = response.headers.get("Content-Length")
@@ -106,10 +115,19 @@ def fetch(url, part, md5, progress=True):
         if total is not None:
             free = shutil.disk_usage(part.parent).free
             if total - done > free:
-                raise DownloadError(f"{part.parent} has {free / 1e6:.0f} MB free, the model needs "
-                                    f"{(total - done) / 1e6:.0f} MB more: free some space and run again")
-        bar = tqdm.tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=part.name[:-len(".part")],
-                        disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 30)
+                raise DownloadError(
+                    f"{part.parent} has {free / 1e6:.0f} MB free, the model needs "
+                    f"{(total - done) / 1e6:.0f} MB more: free some space and run again"
+                )
+        bar = tqdm.tqdm(
+            total=total,
+            initial=done,
+            unit="B",
+            unit_scale=True,
+            desc=part.name[: -len(".part")],
+            disable=not progress,
+            mininterval=0.5 if sys.stderr.isatty() else 30,
+        )
         try:
             with open(part, "ab" if resumed else "wb") as f:
                 for chunk in response.iter_content(CHUNK):
@@ -126,10 +144,14 @@ def fetch(url, part, md5, progress=True):
         if total is None or size == total:
             return digest.hexdigest()
         if attempt >= ATTEMPTS:
-            raise DownloadError(f"the connection to {url} broke {attempt} times; {size / 1e6:.1f} of "
-                                f"{total / 1e6:.1f} MB are kept in {part}: run again to resume")
-        print(f"download_model: the connection broke after {size / 1e6:.1f} of {total / 1e6:.1f} MB; resuming",
-              file=sys.stderr)
+            raise DownloadError(
+                f"the connection to {url} broke {attempt} times; {size / 1e6:.1f} of "
+                f"{total / 1e6:.1f} MB are kept in {part}: run again to resume"
+            )
+        print(
+            f"download_model: the connection broke after {size / 1e6:.1f} of {total / 1e6:.1f} MB; resuming",
+            file=sys.stderr,
+        )
         time.sleep(RETRY_PAUSE_S)
 
 
@@ -143,8 +165,10 @@ def download(directory, fmt="pytorch", base=ZENODO, md5=None, progress=True):
     if final.exists():
         have = cached_md5(final)
         if have != md5:
-            raise DownloadError(f"{final} exists but its MD5 is {have}, not the {which} {md5}: it is left as it "
-                                "is; move it away, then run 'make model' again")
+            raise DownloadError(
+                f"{final} exists but its MD5 is {have}, not the {which} {md5}: it is left as it "
+                "is; move it away, then run 'make model' again"
+            )
         print(f"download_model: {final} is already there, MD5 {md5} ({which}): kept")
         return final
     url = model_url(base, spec)
@@ -154,7 +178,10 @@ def download(directory, fmt="pytorch", base=ZENODO, md5=None, progress=True):
     try:
         got = fetch(url, part, md5, progress)
     except KeyboardInterrupt:
-        print(f"download_model: interrupted; {part} holds what came: run again to resume", file=sys.stderr)
+        print(
+            f"download_model: interrupted; {part} holds what came: run again to resume",
+            file=sys.stderr,
+        )
         raise
     except DownloadError:
         clean(part, created, keep_part=True)
@@ -162,15 +189,19 @@ def download(directory, fmt="pytorch", base=ZENODO, md5=None, progress=True):
     except OSError as error:
         clean(part, created, keep_part=error.errno != errno.ENOSPC)
         if error.errno == errno.ENOSPC:
-            raise DownloadError(f"the disk holding {directory} is full: free about 200 MB and run again") from None
+            raise DownloadError(
+                f"the disk holding {directory} is full: free about 200 MB and run again"
+            ) from None
         raise
     if got != md5:
         size = part.stat().st_size
         part.unlink()
         clean(part, created, keep_part=False)
-        raise DownloadError(f"the {size / 1e6:.1f} MB from {url} have MD5 {got}, not the {which} {md5}: "
-                            "deleted. Run again; if it happens again the server sends another file (check "
-                            "ZENODO_URL)")
+        raise DownloadError(
+            f"the {size / 1e6:.1f} MB from {url} have MD5 {got}, not the {which} {md5}: "
+            "deleted. Run again; if it happens again the server sends another file (check "
+            "ZENODO_URL)"
+        )
     part.replace(final)
     cached_md5(final)  # remember it, so the first run does not hash it again
     print(f"download_model: {final}: {final.stat().st_size / 1e6:.1f} MB, MD5 {md5} ({which})")
@@ -186,15 +217,22 @@ def clean(part, created, keep_part):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dir", required=True, help="folder to put the model in")
     parser.add_argument("--format", choices=sorted(OFFICIAL_MODELS), default="pytorch")
-    parser.add_argument("--base-url", help="zenodo or a mirror with its /record/<id>/files/<file> paths "
-                                            f"(default: $ZENODO_URL, else {ZENODO})")
+    parser.add_argument(
+        "--base-url",
+        help="zenodo or a mirror with its /record/<id>/files/<file> paths "
+        f"(default: $ZENODO_URL, else {ZENODO})",
+    )
     parser.add_argument("--md5", help="expected MD5 (default: the official file's)")
     args = parser.parse_args()
     try:
-        download(args.dir, args.format, args.base_url or os.environ.get("ZENODO_URL") or ZENODO, args.md5)
+        download(
+            args.dir, args.format, args.base_url or os.environ.get("ZENODO_URL") or ZENODO, args.md5
+        )
     except DownloadError as error:
         sys.exit(f"download_model: error: {error}")
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
 """File jobs several modules share: a file's digest, and a JSON file written whole."""
+
 import hashlib
 import json
 from pathlib import Path

@@ -7,6 +7,7 @@ raises LogError with a message that names the file and what is wrong.
 
     python -m retinanet.loadgen_log RUN_DIR     prints the parsed result as JSON
 """
+
 import datetime
 import json
 import re
@@ -44,17 +45,21 @@ def read_detail(run_dir):
         if not line.strip():
             continue
         if not line.startswith(MLLOG):
-            raise LogError(f"{path}:{number} is not a LoadGen log line (no '{MLLOG.strip()}'): "
-                           f"{line[:60]!r}; is this an MLPerf LoadGen detail log?")
+            raise LogError(
+                f"{path}:{number} is not a LoadGen log line (no '{MLLOG.strip()}'): "
+                f"{line[:60]!r}; is this an MLPerf LoadGen detail log?"
+            )
         try:
-            entry = json.loads(NOT_A_NUMBER.sub(r"\1null", line[len(MLLOG):]))
+            entry = json.loads(NOT_A_NUMBER.sub(r"\1null", line[len(MLLOG) :]))
             if not isinstance(entry, dict) or "key" not in entry or "value" not in entry:
                 raise ValueError("an MLLOG entry has a key and a value")
         except ValueError:
             last = number == len(lines) or all(not rest.strip() for rest in lines[number:])
             if last:
-                raise LogError(f"{path} is truncated: line {number} stops mid-entry "
-                               "(the run was interrupted or the file was cut)") from None
+                raise LogError(
+                    f"{path} is truncated: line {number} stops mid-entry "
+                    "(the run was interrupted or the file was cut)"
+                ) from None
             raise LogError(f"{path}:{number} is not a valid MLLOG entry: {line[:60]!r}") from None
         entries.append(entry)
     keys = {entry["key"] for entry in entries}
@@ -70,8 +75,10 @@ def read_summary(run_dir):
     lines = path.read_text(errors="replace").splitlines()
     # LoadGen writes the warning and error counts last, when the test has ended.
     if not any(ENDED.match(line) and "rror" in line.lower() for line in lines[-3:]):
-        raise LogError(f"{path} is truncated: it does not end with LoadGen's "
-                       "'... errors encountered' line (the run was interrupted or the file was cut)")
+        raise LogError(
+            f"{path} is truncated: it does not end with LoadGen's "
+            "'... errors encountered' line (the run was interrupted or the file was cut)"
+        )
     return lines
 
 
@@ -122,19 +129,29 @@ def parse(run_dir):
         values[entry["key"]] = entry["value"]
         meta = entry.get("metadata") or {}
         if meta.get("is_error") or meta.get("is_warning"):
-            messages.append({"kind": "error" if meta.get("is_error") else "warning",
-                             "key": entry["key"], "text": str(entry["value"])})
+            messages.append(
+                {
+                    "kind": "error" if meta.get("is_error") else "warning",
+                    "key": entry["key"],
+                    "text": str(entry["value"]),
+                }
+            )
     for key in ("effective_scenario", "effective_test_mode"):
         if key not in values:
-            raise LogError(f"{detail_path} has no {key}: truncated before LoadGen logged its settings")
+            raise LogError(
+                f"{detail_path} has no {key}: truncated before LoadGen logged its settings"
+            )
     if "power_end" not in values:
-        raise LogError(f"{detail_path} is truncated: no power_end entry, so the test never ended "
-                       "(the run was interrupted or the file was cut)")
+        raise LogError(
+            f"{detail_path} is truncated: no power_end entry, so the test never ended "
+            "(the run was interrupted or the file was cut)"
+        )
     scenario, mode = values["effective_scenario"], values["effective_test_mode"]
     performance = mode == "PerformanceOnly"
     if performance and "num_errors" not in values:
-        raise LogError(f"{detail_path} is truncated: the performance results end early "
-                       "(no num_errors entry)")
+        raise LogError(
+            f"{detail_path} is truncated: the performance results end early (no num_errors entry)"
+        )
 
     version = str(values["loadgen_version"]).split(" @ ")[0]
     result = {
@@ -142,14 +159,23 @@ def parse(run_dir):
         "test_datetime": values.get("test_datetime"),
         "scenario": scenario,
         "mode": mode,
-        "duration_s": round((power_time(values["power_end"]) - power_time(values["power_begin"]))
-                            .total_seconds(), 3) if "power_begin" in values else None,
+        "duration_s": round(
+            (power_time(values["power_end"]) - power_time(values["power_begin"])).total_seconds(), 3
+        )
+        if "power_begin" in values
+        else None,
         "samples_in_dataset": values.get("qsl_reported_total_count"),
-        "scheduled": {"queries": values.get("generated_query_count"),
-                      "samples_per_query": values.get("generated_samples_per_query")},
-        "settings": {key[len("effective_"):]: value for key, value in values.items()
-                     if key.startswith("effective_") and "rng_seed" not in key
-                     and key not in ("effective_scenario", "effective_test_mode")},
+        "scheduled": {
+            "queries": values.get("generated_query_count"),
+            "samples_per_query": values.get("generated_samples_per_query"),
+        },
+        "settings": {
+            key[len("effective_") :]: value
+            for key, value in values.items()
+            if key.startswith("effective_")
+            and "rng_seed" not in key
+            and key not in ("effective_scenario", "effective_test_mode")
+        },
         "warnings": sum(m["kind"] == "warning" for m in messages),
         "errors": sum(m["kind"] == "error" for m in messages),
         "messages": messages[:20],
@@ -157,7 +183,8 @@ def parse(run_dir):
     }
     if version != TESTED_VERSION:
         result["parser_notes"].append(
-            f"LoadGen {version}: this parser is tested on {TESTED_VERSION} logs; check the figures")
+            f"LoadGen {version}: this parser is tested on {TESTED_VERSION} logs; check the figures"
+        )
 
     summary_values, blocks = summary_blocks(summary_lines)
     counted = {"warnings": 0, "errors": 0}
@@ -168,19 +195,25 @@ def parse(run_dir):
             counted[kind] = 0 if match.group(1) == "No" else int(match.group(1))
     for kind in ("warnings", "errors"):
         if counted[kind] != result[kind]:
-            raise LogError(f"{run_dir / SUMMARY} counts {counted[kind]} {kind}, {DETAIL} has "
-                           f"{result[kind]}: the two logs are not from the same run")
+            raise LogError(
+                f"{run_dir / SUMMARY} counts {counted[kind]} {kind}, {DETAIL} has "
+                f"{result[kind]}: the two logs are not from the same run"
+            )
     if not performance:
         result["result"] = None  # LoadGen judges only performance runs; accuracy is the mAP
         return result
 
     validity = values.get("result_validity")
     if summary_values.get("Result is") != validity:
-        raise LogError(f"{run_dir / SUMMARY} says 'Result is : {summary_values.get('Result is')}', "
-                       f"{DETAIL} says {validity}: the two logs are not from the same run")
-    constraints = {"min_duration": values.get("result_min_duration_met"),
-                   "min_queries": values.get("result_min_queries_met"),
-                   "early_stopping": values.get("early_stopping_met")}
+        raise LogError(
+            f"{run_dir / SUMMARY} says 'Result is : {summary_values.get('Result is')}', "
+            f"{DETAIL} says {validity}: the two logs are not from the same run"
+        )
+    constraints = {
+        "min_duration": values.get("result_min_duration_met"),
+        "min_queries": values.get("result_min_queries_met"),
+        "early_stopping": values.get("early_stopping_met"),
+    }
     if "result_perf_constraints_met" in values:
         constraints["performance"] = values["result_perf_constraints_met"]
     reasons = list(blocks["Recommendations"])
@@ -190,52 +223,72 @@ def parse(run_dir):
         reasons.append(values.get("result_invalid_reason", "").strip() or "LoadGen gave no reason")
 
     throughput = {}
-    for key, name in [("result_samples_per_second", "samples_per_second"),
-                      ("result_completed_samples_per_sec", "completed_samples_per_second"),
-                      ("result_scheduled_samples_per_sec", "scheduled_samples_per_second"),
-                      ("result_qps_with_loadgen_overhead", "qps_with_loadgen_overhead"),
-                      ("result_qps_without_loadgen_overhead", "qps_without_loadgen_overhead")]:
+    for key, name in [
+        ("result_samples_per_second", "samples_per_second"),
+        ("result_completed_samples_per_sec", "completed_samples_per_second"),
+        ("result_scheduled_samples_per_sec", "scheduled_samples_per_second"),
+        ("result_qps_with_loadgen_overhead", "qps_with_loadgen_overhead"),
+        ("result_qps_without_loadgen_overhead", "qps_without_loadgen_overhead"),
+    ]:
         if key in values:
             throughput[name] = values[key]
 
-    latency = {"min": values.get("result_min_latency_ns"), "max": values.get("result_max_latency_ns"),
-               "mean": values.get("result_mean_latency_ns"), **percentiles(values)}
+    latency = {
+        "min": values.get("result_min_latency_ns"),
+        "max": values.get("result_max_latency_ns"),
+        "mean": values.get("result_mean_latency_ns"),
+        **percentiles(values),
+    }
     query_latency = percentiles(values, per_query=True)
     if query_latency:
-        query_latency = {"min": values.get("result_min_query_latency_ns"),
-                         "max": values.get("result_max_query_latency_ns"),
-                         "mean": values.get("result_mean_query_latency_ns"), **query_latency}
+        query_latency = {
+            "min": values.get("result_min_query_latency_ns"),
+            "max": values.get("result_max_query_latency_ns"),
+            "mean": values.get("result_mean_query_latency_ns"),
+            **query_latency,
+        }
 
     # The figure MLPerf reports for the scenario, as the summary's headline prints it.
     if scenario == "Offline":
-        metric = {"name": "samples per second", "value": throughput.get("samples_per_second"),
-                  "unit": "samples/s"}
+        metric = {
+            "name": "samples per second",
+            "value": throughput.get("samples_per_second"),
+            "unit": "samples/s",
+        }
     elif scenario == "Server":
-        metric = {"name": "completed samples per second",
-                  "value": throughput.get("completed_samples_per_second"), "unit": "samples/s"}
+        metric = {
+            "name": "completed samples per second",
+            "value": throughput.get("completed_samples_per_second"),
+            "unit": "samples/s",
+        }
     else:
         percentile = format(100 * values.get("effective_target_latency_percentile", 0.9), "g")
         source = query_latency if scenario == "MultiStream" else latency
-        metric = {"name": f"p{percentile} latency" + (" per query" if query_latency else ""),
-                  "value": source.get(f"p{percentile}"), "unit": "ns"}
+        metric = {
+            "name": f"p{percentile} latency" + (" per query" if query_latency else ""),
+            "value": source.get(f"p{percentile}"),
+            "unit": "ns",
+        }
 
-    result.update({
-        "result": validity,
-        "constraints": constraints,
-        "reasons": reasons,
-        "metric": metric,
-        "throughput": throughput,
-        "latency_ns": latency,
-        "query_latency_ns": query_latency or None,
-        "queries": values.get("result_query_count"),
-        "overlatency_queries": values.get("result_overlatency_query_count"),
-        "early_stopping": {
-            "met": constraints["early_stopping"],
-            "lines": blocks["Early Stopping Result"],
-            "latency_ss_ns": values.get("early_stopping_latency_ss"),
-            "latency_ms_ns": values.get("early_stopping_latency_ms"),
-        },
-    })
+    result.update(
+        {
+            "result": validity,
+            "constraints": constraints,
+            "reasons": reasons,
+            "metric": metric,
+            "throughput": throughput,
+            "latency_ns": latency,
+            "query_latency_ns": query_latency or None,
+            "queries": values.get("result_query_count"),
+            "overlatency_queries": values.get("result_overlatency_query_count"),
+            "early_stopping": {
+                "met": constraints["early_stopping"],
+                "lines": blocks["Early Stopping Result"],
+                "latency_ss_ns": values.get("early_stopping_latency_ss"),
+                "latency_ms_ns": values.get("early_stopping_latency_ms"),
+            },
+        }
+    )
     return result
 
 

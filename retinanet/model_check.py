@@ -11,6 +11,7 @@ list with one dict per image of boxes [N,4] xyxy inside the 800x800 frame, label
 0..263 (the annotation category_id), scores in [0,1] sorted descending. A wrong
 convention stops here with one line instead of scoring mAP 0 hours later.
 """
+
 import argparse
 import contextlib
 import importlib
@@ -51,8 +52,10 @@ def import_factory(factory):
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # any error while importing the user's module
-        raise ModelProblem(f"MODEL_FACTORY={factory}: cannot import {module_name} ({type(error).__name__}: {error}): "
-                           "put its package in the project folder or on PYTHONPATH") from None
+        raise ModelProblem(
+            f"MODEL_FACTORY={factory}: cannot import {module_name} ({type(error).__name__}: {error}): "
+            "put its package in the project folder or on PYTHONPATH"
+        ) from None
     if not callable(getattr(module, function, None)):
         raise ModelProblem(f"MODEL_FACTORY={factory}: {module_name} has no function {function}")
     return getattr(module, function)
@@ -65,12 +68,16 @@ def state_dict_of(model):
     try:
         state = torch.load(model, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelProblem(f"MODEL={model} does not load with weights_only=True ({str(error).splitlines()[0]}): "
-                           "MODEL_FACTORY needs a state dict or {'model': state_dict}") from None
+        raise ModelProblem(
+            f"MODEL={model} does not load with weights_only=True ({str(error).splitlines()[0]}): "
+            "MODEL_FACTORY needs a state dict or {'model': state_dict}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise ModelProblem(f"MODEL={model} holds a {type(state).__name__}, not a state dict or {{'model': state_dict}}")
+        raise ModelProblem(
+            f"MODEL={model} holds a {type(state).__name__}, not a state dict or {{'model': state_dict}}"
+        )
     return state
 
 
@@ -78,7 +85,11 @@ def fit_problem(model, factory, module, state):
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    shapes = [key for key in expected if key in state and tuple(state[key].shape) != tuple(expected[key].shape)]
+    shapes = [
+        key
+        for key in expected
+        if key in state and tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
     if not (missing or unexpected or shapes):
         return None
     parts = []
@@ -88,17 +99,23 @@ def fit_problem(model, factory, module, state):
         parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]})")
     if shapes:
         key = shapes[0]
-        parts.append(f"{len(shapes)} of another shape (first {key}: {tuple(state[key].shape)} in the file, "
-                     f"{tuple(expected[key].shape)} in the model)")
-    return (f"MODEL={model} does not fit the model MODEL_FACTORY={factory} builds: {', '.join(parts)}: "
-            "is it a checkpoint of that architecture?")
+        parts.append(
+            f"{len(shapes)} of another shape (first {key}: {tuple(state[key].shape)} in the file, "
+            f"{tuple(expected[key].shape)} in the model)"
+        )
+    return (
+        f"MODEL={model} does not fit the model MODEL_FACTORY={factory} builds: {', '.join(parts)}: "
+        "is it a checkpoint of that architecture?"
+    )
 
 
 def safety(model, backend, factory, trusted):
     """Refuse what would run untrusted code when loaded; check a factory and its state dict."""
     if backend == "onnxruntime":
         if factory:
-            raise ModelProblem("MODEL_FACTORY is for BACKEND=pytorch: an ONNX file holds its own graph")
+            raise ModelProblem(
+                "MODEL_FACTORY is for BACKEND=pytorch: an ONNX file holds its own graph"
+            )
         return "onnx"
     if factory:
         build = import_factory(factory)
@@ -123,11 +140,15 @@ def safety(model, backend, factory, trusted):
     except Exception:
         pass
     else:
-        raise ModelProblem(f"MODEL={model} is a state dict or checkpoint, not a TorchScript archive: set "
-                           "MODEL_FACTORY=package.module:function to the function that builds its nn.Module")
-    raise ModelProblem(f"MODEL={model} is a full pickle, not a TorchScript archive: loading it runs any code it holds. "
-                       "A state dict loads safely with MODEL_FACTORY=package.module:function; "
-                       "if you trust the file, set TRUST_MODEL=1")
+        raise ModelProblem(
+            f"MODEL={model} is a state dict or checkpoint, not a TorchScript archive: set "
+            "MODEL_FACTORY=package.module:function to the function that builds its nn.Module"
+        )
+    raise ModelProblem(
+        f"MODEL={model} is a full pickle, not a TorchScript archive: loading it runs any code it holds. "
+        "A state dict loads safely with MODEL_FACTORY=package.module:function; "
+        "if you trust the file, set TRUST_MODEL=1"
+    )
 
 
 def harness_images(data_dir, count, backend):
@@ -161,23 +182,38 @@ def detections(output, backend):
     """(boxes, scores, labels) of one image, or a ModelProblem naming what the output is instead."""
     if backend == "onnxruntime":
         if not isinstance(output, (list, tuple)) or len(output) != 3:
-            raise ModelProblem(f"the ONNX model's outputs are not boxes, labels, scores ({type(output).__name__})")
+            raise ModelProblem(
+                f"the ONNX model's outputs are not boxes, labels, scores ({type(output).__name__})"
+            )
         boxes, labels, scores = (np.asarray(x) for x in output)
     else:
-        if not isinstance(output, (list, tuple)) or len(output) != 1 or not isinstance(output[0], dict):
-            kind = type(output).__name__ if not isinstance(output, (list, tuple)) else \
-                f"{type(output).__name__} of {len(output)} {type(output[0]).__name__ if output else 'items'}"
-            raise ModelProblem(f"the model returns a {kind} for one image, not a list of one dict per image "
-                               "with boxes, scores and labels")
+        if (
+            not isinstance(output, (list, tuple))
+            or len(output) != 1
+            or not isinstance(output[0], dict)
+        ):
+            kind = (
+                type(output).__name__
+                if not isinstance(output, (list, tuple))
+                else f"{type(output).__name__} of {len(output)} {type(output[0]).__name__ if output else 'items'}"
+            )
+            raise ModelProblem(
+                f"the model returns a {kind} for one image, not a list of one dict per image "
+                "with boxes, scores and labels"
+            )
         missing = [key for key in ("boxes", "scores", "labels") if key not in output[0]]
         if missing:
-            raise ModelProblem(f"the model's dict has no {', '.join(missing)} (keys: {', '.join(output[0])}): "
-                               "it must hold boxes, scores and labels")
+            raise ModelProblem(
+                f"the model's dict has no {', '.join(missing)} (keys: {', '.join(output[0])}): "
+                "it must hold boxes, scores and labels"
+            )
         boxes, scores, labels = (as_numpy(output[0][key]) for key in ("boxes", "scores", "labels"))
     n = len(scores)
     if boxes.shape != (n, 4) or labels.shape != (n,) or scores.shape != (n,):
-        raise ModelProblem(f"boxes {tuple(boxes.shape)}, scores {tuple(scores.shape)}, labels {tuple(labels.shape)}: "
-                           "expected [N,4], [N], [N]")
+        raise ModelProblem(
+            f"boxes {tuple(boxes.shape)}, scores {tuple(scores.shape)}, labels {tuple(labels.shape)}: "
+            "expected [N,4], [N], [N]"
+        )
     return boxes.astype(np.float64), scores.astype(np.float64), labels
 
 
@@ -186,23 +222,33 @@ def convention_problem(boxes, scores, labels, image):
     if labels.dtype.kind not in "iu" and not np.all(labels == np.round(labels)):
         return f"labels are not whole numbers ({where}: {labels[:3]}): they must be class indices 0..{NUM_CLASSES - 1}"
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        return (f"label {int(labels.max() if labels.max() >= NUM_CLASSES else labels.min())} on {where} is outside "
-                f"0..{NUM_CLASSES - 1}: labels must be the annotation category_id (is it shifted by one, "
-                "with 0 as background?)")
+        return (
+            f"label {int(labels.max() if labels.max() >= NUM_CLASSES else labels.min())} on {where} is outside "
+            f"0..{NUM_CLASSES - 1}: labels must be the annotation category_id (is it shifted by one, "
+            "with 0 as background?)"
+        )
     if len(scores) and (scores.min() < 0 or scores.max() > 1):
         return f"scores on {where} run from {scores.min():.3g} to {scores.max():.3g}: they must be probabilities in [0,1]"
     if np.any(np.diff(scores) > 1e-6):
         first = int(np.argmax(np.diff(scores) > 1e-6))
-        return (f"scores on {where} are not sorted descending (score {first + 1} is {scores[first + 1]:.3g} "
-                f"after {scores[first]:.3g}): sort the detections by score")
-    backwards = np.flatnonzero((boxes[:, 2] < boxes[:, 0] - 1e-3) | (boxes[:, 3] < boxes[:, 1] - 1e-3))
+        return (
+            f"scores on {where} are not sorted descending (score {first + 1} is {scores[first + 1]:.3g} "
+            f"after {scores[first]:.3g}): sort the detections by score"
+        )
+    backwards = np.flatnonzero(
+        (boxes[:, 2] < boxes[:, 0] - 1e-3) | (boxes[:, 3] < boxes[:, 1] - 1e-3)
+    )
     if len(backwards):
         box = ", ".join(f"{v:.1f}" for v in boxes[backwards[0]])
-        return (f"box {backwards[0]} on {where} is [{box}], with x2 < x1 or y2 < y1: boxes must be "
-                "x1,y1,x2,y2 (is it x,y,width,height?)")
+        return (
+            f"box {backwards[0]} on {where} is [{box}], with x2 < x1 or y2 < y1: boxes must be "
+            "x1,y1,x2,y2 (is it x,y,width,height?)"
+        )
     if len(boxes) and (boxes.min() < -TOLERANCE or boxes.max() > INPUT_SIZE + TOLERANCE):
-        return (f"boxes on {where} reach {boxes.min():.1f}..{boxes.max():.1f}: they must lie inside the "
-                f"{INPUT_SIZE}x{INPUT_SIZE} input frame (are they in the original image's pixels, or normalised?)")
+        return (
+            f"boxes on {where} reach {boxes.min():.1f}..{boxes.max():.1f}: they must lie inside the "
+            f"{INPUT_SIZE}x{INPUT_SIZE} input frame (are they in the original image's pixels, or normalised?)"
+        )
     return None
 
 
@@ -240,13 +286,17 @@ def shifted_labels(found, truth, image_ids):
         return None
     for shift in (1, -1):
         if offsets.count(shift) * 2 >= len(offsets):
-            return (f"{offsets.count(shift)} of {len(offsets)} detections that match a true box have label "
-                    f"category_id{shift:+d} and none the category_id itself: labels must be the annotation "
-                    "category_id, 0..263")
+            return (
+                f"{offsets.count(shift)} of {len(offsets)} detections that match a true box have label "
+                f"category_id{shift:+d} and none the category_id itself: labels must be the annotation "
+                "category_id, 0..263"
+            )
     return None
 
 
-def check(model, data_dir, backend="pytorch", factory=None, trusted=False, images=1, stall_timeout=0):
+def check(
+    model, data_dir, backend="pytorch", factory=None, trusted=False, images=1, stall_timeout=0
+):
     """Returns a one-line summary; raises ModelProblem. A model that stalls ends the process (failfast.py)."""
     kind = safety(model, backend, factory, trusted)
     if images <= 0:
@@ -256,16 +306,21 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
         try:
             runtime, input_name = load_model(model, backend, factory)
         except Exception as error:
-            raise ModelProblem(f"the {backend} backend cannot load it: {first_line(error)}") from None
+            raise ModelProblem(
+                f"the {backend} backend cannot load it: {first_line(error)}"
+            ) from None
         outputs = []
         try:
-            with harness.module("failfast").Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
+            with harness.module("failfast").Watchdog(
+                stall_timeout, setting="STALL_TIMEOUT"
+            ) as watchdog:
                 for image in pixels:
                     with watchdog.inference():
                         outputs.append(runtime.predict({input_name: image[None]}))
         except Exception as error:
-            raise ModelProblem(f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: {first_line(error)}") \
-                from None
+            raise ModelProblem(
+                f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: {first_line(error)}"
+            ) from None
     found = []
     for index, output in enumerate(outputs):
         boxes, scores, labels = detections(output, backend)
@@ -273,7 +328,9 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
         if problem:
             raise ModelProblem(problem)
         found.append((boxes, scores, labels))
-    problem = shifted_labels(found, json.loads((Path(data_dir) / ANNOTATIONS).read_text()), image_ids)
+    problem = shifted_labels(
+        found, json.loads((Path(data_dir) / ANNOTATIONS).read_text()), image_ids
+    )
     if problem:
         raise ModelProblem(problem)
     total = sum(len(scores) for _, scores, _ in found)
@@ -282,25 +339,48 @@ def check(model, data_dir, backend="pytorch", factory=None, trusted=False, image
 
 def error_line(model, problem):
     text = str(problem)
-    return f"error: {text}" if text.startswith(("MODEL", "MODEL_FACTORY")) else f"error: MODEL={model}: {text}"
+    return (
+        f"error: {text}"
+        if text.startswith(("MODEL", "MODEL_FACTORY"))
+        else f"error: MODEL={model}: {text}"
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--backend", choices=["pytorch", "onnxruntime"], default="pytorch")
-    parser.add_argument("--factory", default="", help="package.module:function that builds the nn.Module")
+    parser.add_argument(
+        "--factory", default="", help="package.module:function that builds the nn.Module"
+    )
     parser.add_argument("--trusted", action="store_true", help="allow a full pickle")
-    parser.add_argument("--images", type=int, default=1, help="images to run the contract check on (0: none)")
-    parser.add_argument("--stall-timeout", type=float, default=0,
-                        help="seconds an inference may take before the check stops as stalled (0: derived)")
+    parser.add_argument(
+        "--images", type=int, default=1, help="images to run the contract check on (0: none)"
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=0,
+        help="seconds an inference may take before the check stops as stalled (0: derived)",
+    )
     args = parser.parse_args()
     logging.disable(logging.INFO)  # the harness's dataset logs each load
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation
     try:
-        print(check(args.model, args.data_dir, args.backend, args.factory or None, args.trusted, args.images,
-                    args.stall_timeout))
+        print(
+            check(
+                args.model,
+                args.data_dir,
+                args.backend,
+                args.factory or None,
+                args.trusted,
+                args.images,
+                args.stall_timeout,
+            )
+        )
     except ModelProblem as problem:
         sys.exit(error_line(args.model, problem))
 

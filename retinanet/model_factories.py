@@ -11,10 +11,10 @@ reference saves them) with a forward that takes the harness's float [N,3,800,800
 writes a seeded random-weights state dict of a factory's model (--training-format wraps it
 as {"model": state_dict}), for trying the loading path without a trained checkpoint.
 """
+
 import argparse
 import math
 from pathlib import Path
-from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -26,18 +26,22 @@ from retinanet import INPUT_SIZE
 from retinanet.classes import NUM_CLASSES
 
 
-
 class BatchRetinaNet(RetinaNet):
     """torchvision's RetinaNet called on a batch tensor; returns one dict per image."""
 
-    def forward(self, images: Tensor) -> List[Dict[str, Tensor]]:
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
         return super().forward(list(images.unbind(0)))
 
 
 def retinanet(backbone_name):
     # The MLPerf model: FPN on C3-C5 plus P6/P7, 9 anchors, 264 classes, 800x800 in.
-    backbone = resnet_fpn_backbone(backbone_name=backbone_name, weights=None, trainable_layers=5,
-                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    backbone = resnet_fpn_backbone(
+        backbone_name=backbone_name,
+        weights=None,
+        trainable_layers=5,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
+    )
     return BatchRetinaNet(backbone, NUM_CLASSES, min_size=INPUT_SIZE, max_size=INPUT_SIZE).eval()
 
 
@@ -53,12 +57,21 @@ def resnet50_fpn():
 
 def resnet34_fpn():
     """A smaller variant: ResNet-34 backbone (basic blocks)."""
-    backbone = resnet_fpn_backbone(backbone_name="resnet34", weights=None, trainable_layers=5,
-                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet34",
+        weights=None,
+        trainable_layers=5,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
+    )
     return BatchRetinaNet(backbone, NUM_CLASSES, min_size=INPUT_SIZE, max_size=INPUT_SIZE).eval()
 
 
-FACTORIES = {"resnext50_32x4d_fpn": resnext50_32x4d_fpn, "resnet50_fpn": resnet50_fpn, "resnet34_fpn": resnet34_fpn}
+FACTORIES = {
+    "resnext50_32x4d_fpn": resnext50_32x4d_fpn,
+    "resnet50_fpn": resnet50_fpn,
+    "resnet34_fpn": resnet34_fpn,
+}
 
 
 def random_weights(model, seed=0):
@@ -77,10 +90,14 @@ def random_weights(model, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("factory", choices=sorted(FACTORIES))
     parser.add_argument("--out", required=True, help="state dict file to write")
-    parser.add_argument("--training-format", action="store_true", help='write {"model": state_dict}')
+    parser.add_argument(
+        "--training-format", action="store_true", help='write {"model": state_dict}'
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = random_weights(FACTORIES[args.factory](), args.seed)

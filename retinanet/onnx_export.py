@@ -6,6 +6,7 @@ input "images" float [1,3,800,800], outputs "boxes" [N,4] xyxy, "labels" [N], "s
     python -m retinanet.onnx_export --factory retinanet.model_factories:resnet50_fpn \\
         --weights models/resnet50/state_dict.pth --out models/resnet50/resnet50_fpn.onnx
 """
+
 import argparse
 from pathlib import Path
 
@@ -32,18 +33,29 @@ def export(detector, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     # The TorchScript-based exporter traces torchvision's detection post-processing.
-    torch.onnx.export(OneImage(detector.eval()), (torch.rand(1, 3, 800, 800),), str(tmp),
-                      input_names=["images"], output_names=["boxes", "labels", "scores"],
-                      opset_version=OPSET, dynamo=False)
+    torch.onnx.export(
+        OneImage(detector.eval()),
+        (torch.rand(1, 3, 800, 800),),
+        str(tmp),
+        input_names=["images"],
+        output_names=["boxes", "labels", "scores"],
+        opset_version=OPSET,
+        dynamo=False,
+    )
     tmp.replace(path)
     return path
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="ONNX file to write")
-    parser.add_argument("--factory", help="package.module:function building the model (default: the demo's "
-                        "real architecture with random weights)")
+    parser.add_argument(
+        "--factory",
+        help="package.module:function building the model (default: the demo's "
+        "real architecture with random weights)",
+    )
     parser.add_argument("--weights", help="state dict or {'model': state_dict} for --factory")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

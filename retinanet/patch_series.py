@@ -5,6 +5,7 @@ patches is computed in a scratch index and compared with the checkout, so applyi
 idempotent, a half-applied series is finished, and local edits that are not ours are
 refused. Standard library only: setup.sh runs this before any environment exists.
 """
+
 import argparse
 import os
 import re
@@ -38,7 +39,9 @@ def pinned_commit(project=PROJECT_ROOT):
     """The upstream commit the project pins: the gitlink of vendor/inference."""
     out = git("ls-files", "--stage", "--", "vendor/inference", cwd=project).stdout.split()
     if not out or out[0] != "160000":
-        raise PatchError("vendor/inference is not a submodule in this checkout; clone the project with git")
+        raise PatchError(
+            "vendor/inference is not a submodule in this checkout; clone the project with git"
+        )
     return out[1]
 
 
@@ -54,7 +57,9 @@ def header_problems(patches):
         if not match:
             problems.append(f"{patch.name}: name is not NNNN-topic.patch")
         elif int(match.group(1)) != expected:
-            problems.append(f"{patch.name}: numbering has a gap or repeat, expected {expected:04d}-")
+            problems.append(
+                f"{patch.name}: numbering has a gap or repeat, expected {expected:04d}-"
+            )
         text = patch.read_text()
         head, _, diff = text.partition("\n---\n")
         if not re.match(r"^From [0-9a-f]{40} ", text):
@@ -99,9 +104,13 @@ def series_trees(upstream, base, patches, reverse_check=False):
             trees.append(git("write-tree", "--missing-ok", cwd=upstream, env=env).stdout.strip())
         if reverse_check:
             for patch in reversed(patches):
-                proc = git("apply", "-R", "--cached", str(patch), cwd=upstream, env=env, check=False)
+                proc = git(
+                    "apply", "-R", "--cached", str(patch), cwd=upstream, env=env, check=False
+                )
                 if proc.returncode != 0:
-                    raise PatchError(f"{patch.name} does not reverse cleanly: {failing_file(proc.stderr)}")
+                    raise PatchError(
+                        f"{patch.name} does not reverse cleanly: {failing_file(proc.stderr)}"
+                    )
             if git("write-tree", "--missing-ok", cwd=upstream, env=env).stdout.strip() != trees[0]:
                 raise PatchError("reverting the series does not give back the pinned tree")
         return trees
@@ -186,9 +195,13 @@ def check(upstream=UPSTREAM, patches=None, pin=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=["apply", "revert", "verify", "check"])
-    parser.add_argument("--upstream", type=Path, default=UPSTREAM, help="upstream checkout (default: %(default)s)")
+    parser.add_argument(
+        "--upstream", type=Path, default=UPSTREAM, help="upstream checkout (default: %(default)s)"
+    )
     args = parser.parse_args()
     action = {"apply": apply, "revert": revert, "verify": verify, "check": check}[args.action]
     try:

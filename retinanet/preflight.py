@@ -11,6 +11,7 @@ its format, the dataset differs from its manifest, or COUNT exceeds the dataset.
 
     python -m retinanet.preflight accuracy|performance
 """
+
 import argparse
 import hashlib
 import json
@@ -30,7 +31,9 @@ from retinanet.verify_dataset import MANIFEST
 def dataset_problems(data_dir, count):
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        return [f"DATA_DIR={data_dir} does not exist: point it at the folder 'make dataset DIR=...' wrote"], 0
+        return [
+            f"DATA_DIR={data_dir} does not exist: point it at the folder 'make dataset DIR=...' wrote"
+        ], 0
     annotations = data_dir / ANNOTATIONS
     if not annotations.is_file():
         hint = "the folder 'make dataset DIR=...' wrote, which holds annotations/ and validation/"
@@ -40,29 +43,39 @@ def dataset_problems(data_dir, count):
     try:
         images = json.loads(annotations.read_text())["images"]
     except (ValueError, KeyError) as error:
-        return [f"{annotations} is not an OpenImages-MLPerf COCO file ({error}): run 'make dataset' again"], 0
+        return [
+            f"{annotations} is not an OpenImages-MLPerf COCO file ({error}): run 'make dataset' again"
+        ], 0
     if not images:
         return [f"{annotations} lists no images"], 0
     image_dir = data_dir / IMAGE_DIR if (data_dir / IMAGE_DIR).is_dir() else data_dir
     wanted = images[:count] if count else images
     # The harness silently skips a missing image, which shifts every later image in the
     # accuracy log onto the wrong annotations: refuse instead.
-    missing = [image["file_name"] for image in wanted if not (image_dir / image["file_name"]).is_file()]
+    missing = [
+        image["file_name"] for image in wanted if not (image_dir / image["file_name"]).is_file()
+    ]
     if missing:
-        return [f"{len(missing)} of {len(wanted)} images are missing from {image_dir}, first {missing[0]}: "
-                "rerun 'make dataset' to fetch them"], len(wanted)
+        return [
+            f"{len(missing)} of {len(wanted)} images are missing from {image_dir}, first {missing[0]}: "
+            "rerun 'make dataset' to fetch them"
+        ], len(wanted)
     return [], len(wanted)
 
 
 def model_problems(model, backend="pytorch"):
     model = Path(model)
     if not model.is_file():
-        return [f"MODEL={model} not found: download it with 'make model DIR=...', "
-                "or set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth"]
+        return [
+            f"MODEL={model} not found: download it with 'make model DIR=...', "
+            "or set MODEL_DIR to the folder holding resnext50_32x4d_fpn.pth"
+        ]
     if backend == "onnxruntime":
         return []  # model_check.py loads it
     if not zipfile.is_zipfile(model):
-        return [f"MODEL={model} is not a TorchScript archive (a .pth zip file): is the download complete?"]
+        return [
+            f"MODEL={model} is not a TorchScript archive (a .pth zip file): is the download complete?"
+        ]
     return []
 
 
@@ -72,9 +85,11 @@ def model_warnings(model, backend):
     official = OFFICIAL_MODELS["onnx" if backend == "onnxruntime" else "pytorch"]
     if md5 == official["md5"]:
         return []
-    return [f"MODEL={model} is not the official {official['file']} (MD5 {md5}, official {official['md5']}): "
-            "its mAP says nothing about the reference model; 'make model"
-            f"{' FORMAT=onnx' if backend == 'onnxruntime' else ''}' downloads the official one"]
+    return [
+        f"MODEL={model} is not the official {official['file']} (MD5 {md5}, official {official['md5']}): "
+        "its mAP says nothing about the reference model; 'make model"
+        f"{' FORMAT=onnx' if backend == 'onnxruntime' else ''}' downloads the official one"
+    ]
 
 
 def dataset_warnings(data_dir, count):
@@ -88,19 +103,28 @@ def dataset_warnings(data_dir, count):
         recorded = manifest["annotations"]["sha256"]
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
-        return [f"{manifest_path} is not a manifest verify-dataset wrote: run 'make verify-dataset DIR={data_dir}'"]
+        return [
+            f"{manifest_path} is not a manifest verify-dataset wrote: run 'make verify-dataset DIR={data_dir}'"
+        ]
     redo = f"run 'make verify-dataset DIR={data_dir}' to see what changed"
     if hashlib.sha256((data_dir / ANNOTATIONS).read_bytes()).hexdigest() != recorded:
-        return [f"{data_dir / ANNOTATIONS} changed since the manifest of {manifest.get('written')}: {redo}"]
+        return [
+            f"{data_dir / ANNOTATIONS} changed since the manifest of {manifest.get('written')}: {redo}"
+        ]
     images = json.loads((data_dir / ANNOTATIONS).read_text())["images"]
-    changed = [image["file_name"] for image in (images[:count] if count else images)
-               if files.get(str(IMAGE_DIR / image["file_name"]), {}).get("bytes")
-               != (data_dir / IMAGE_DIR / image["file_name"]).stat().st_size]
+    changed = [
+        image["file_name"]
+        for image in (images[:count] if count else images)
+        if files.get(str(IMAGE_DIR / image["file_name"]), {}).get("bytes")
+        != (data_dir / IMAGE_DIR / image["file_name"]).stat().st_size
+    ]
     if changed:
         many = len(changed) > 1
-        return [f"{len(changed)} image{'s' if many else ''} in {data_dir / IMAGE_DIR} differ{'' if many else 's'} "
-                "from the manifest of "
-                f"{manifest.get('written')}, first {changed[0]}: {redo}"]
+        return [
+            f"{len(changed)} image{'s' if many else ''} in {data_dir / IMAGE_DIR} differ{'' if many else 's'} "
+            "from the manifest of "
+            f"{manifest.get('written')}, first {changed[0]}: {redo}"
+        ]
     return []
 
 
@@ -113,9 +137,11 @@ def gpu_problems(device):
     if torch.cuda.is_available():
         return []
     built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-    return [f"DEVICE=gpu but torch {torch.__version__} ({built}) sees no CUDA GPU: "
-            "check nvidia-smi and the driver, reinstall torch for your CUDA "
-            "(make setup TORCH_INDEX_URL=...), or run with DEVICE=cpu"]
+    return [
+        f"DEVICE=gpu but torch {torch.__version__} ({built}) sees no CUDA GPU: "
+        "check nvidia-smi and the driver, reinstall torch for your CUDA "
+        "(make setup TORCH_INDEX_URL=...), or run with DEVICE=cpu"
+    ]
 
 
 def cache_key(data_dir):
@@ -126,7 +152,9 @@ def cache_key(data_dir):
 
 
 def stall_seconds(resolved):
-    return "0" if resolved["STALL_TIMEOUT"] == "auto" else resolved["STALL_TIMEOUT"]  # 0: derived as it runs
+    return (
+        "0" if resolved["STALL_TIMEOUT"] == "auto" else resolved["STALL_TIMEOUT"]
+    )  # 0: derived as it runs
 
 
 def device_environment(device):
@@ -139,9 +167,21 @@ def guard_args(mode, resolved, images):
     """The accuracy guard's arguments; none where it does not run (fp32, performance, GUARD_IMAGES=0)."""
     if mode != "accuracy" or resolved["PRECISION"] == "fp32" or resolved["GUARD_IMAGES"] == "0":
         return []
-    args = ["--model", resolved["MODEL"], "--data-dir", resolved["DATA_DIR"], "--precision", resolved["PRECISION"],
-            "--images", str(min(int(resolved["GUARD_IMAGES"]), images)), "--stall-timeout", stall_seconds(resolved)]
-    args += ["--channels-last"] * (resolved["CHANNELS_LAST"] == "1") + ["--freeze"] * (resolved["FREEZE"] == "1")
+    args = [
+        "--model",
+        resolved["MODEL"],
+        "--data-dir",
+        resolved["DATA_DIR"],
+        "--precision",
+        resolved["PRECISION"],
+        "--images",
+        str(min(int(resolved["GUARD_IMAGES"]), images)),
+        "--stall-timeout",
+        stall_seconds(resolved),
+    ]
+    args += ["--channels-last"] * (resolved["CHANNELS_LAST"] == "1") + ["--freeze"] * (
+        resolved["FREEZE"] == "1"
+    )
     args += ["--model-factory", resolved["MODEL_FACTORY"]] * bool(resolved["MODEL_FACTORY"])
     return args + ["--trust-pickle"] * (resolved["TRUST_MODEL"] == "1")
 
@@ -153,14 +193,18 @@ def check(environ):
     images = 0
     if not problems:
         problems, images = dataset_problems(resolved["DATA_DIR"], int(resolved["COUNT"] or 0))
-        problems += model_problems(resolved["MODEL"], resolved["BACKEND"]) + gpu_problems(resolved["DEVICE"])
+        problems += model_problems(resolved["MODEL"], resolved["BACKEND"]) + gpu_problems(
+            resolved["DEVICE"]
+        )
     if problems:
         raise SystemExit("\n".join(f"error: {problem}" for problem in problems))
     found = model_warnings(resolved["MODEL"], resolved["BACKEND"])
     found += dataset_warnings(resolved["DATA_DIR"], int(resolved["COUNT"] or 0))
     if resolved["COUNT"] and int(resolved["COUNT"]) > images:
-        found.append(f"COUNT={resolved['COUNT']} is more than the {images} images in "
-                        f"DATA_DIR={resolved['DATA_DIR']}: the run uses all {images}")
+        found.append(
+            f"COUNT={resolved['COUNT']} is more than the {images} images in "
+            f"DATA_DIR={resolved['DATA_DIR']}: the run uses all {images}"
+        )
         resolved["COUNT"] = str(images)
     return resolved, requested, images, found
 
@@ -173,9 +217,15 @@ def model_contract(resolved, images):
     logging.disable(logging.INFO)  # the harness's dataset logs each load
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation
     try:
-        return model_check.check(resolved["MODEL"], resolved["DATA_DIR"], resolved["BACKEND"],
-                                 resolved["MODEL_FACTORY"] or None, resolved["TRUST_MODEL"] == "1",
-                                 min(int(resolved["CHECK_IMAGES"]), images), float(stall_seconds(resolved)))
+        return model_check.check(
+            resolved["MODEL"],
+            resolved["DATA_DIR"],
+            resolved["BACKEND"],
+            resolved["MODEL_FACTORY"] or None,
+            resolved["TRUST_MODEL"] == "1",
+            min(int(resolved["CHECK_IMAGES"]), images),
+            float(stall_seconds(resolved)),
+        )
     except model_check.ModelProblem as problem:
         raise SystemExit(model_check.error_line(resolved["MODEL"], problem)) from None
 
@@ -186,16 +236,24 @@ def shell_assignments(mode, resolved, requested, images):
     cache = os.path.join(resolved["CACHE_DIR"], cache_key(resolved["DATA_DIR"]))
     record = {"mode": mode, **settings.record(resolved), "images": str(images), "cache": cache}
     lines = [f"{name}={shlex.quote(value)}" for name, value in resolved.items()]
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in device_environment(resolved["DEVICE"]).items()]
-    lines += [f"IMAGES={images}", f"CACHE={shlex.quote(cache)}",
-              f"harness_args=({shlex.join(settings.harness_args(resolved) + ['--cache_dir', cache])})",
-              f"guard_args=({shlex.join(guard_args(mode, resolved, images))})",
-              f"SETTINGS_JSON={shlex.quote(json.dumps({'settings': record, 'requested': requested}))}"]
+    lines += [
+        f"export {name}={shlex.quote(value)}"
+        for name, value in device_environment(resolved["DEVICE"]).items()
+    ]
+    lines += [
+        f"IMAGES={images}",
+        f"CACHE={shlex.quote(cache)}",
+        f"harness_args=({shlex.join(settings.harness_args(resolved) + ['--cache_dir', cache])})",
+        f"guard_args=({shlex.join(guard_args(mode, resolved, images))})",
+        f"SETTINGS_JSON={shlex.quote(json.dumps({'settings': record, 'requested': requested}))}",
+    ]
     return "\n".join(lines)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["accuracy", "performance"])
     args = parser.parse_args()
     resolved, requested, images, found = check(os.environ)

@@ -4,6 +4,7 @@ target). Reads run.json and summary.json; writes only into the report folder.
 
     python -m retinanet.report --results RESULTS_DIR --out REPORT_DIR [--runs 'PATTERN ...']
 """
+
 import argparse
 import datetime
 import platform
@@ -15,8 +16,12 @@ from retinanet.runs import RunError, find
 from retinanet.settings import SETTINGS
 
 PERCENTILES = ["p50", "p90", "p95", "p97", "p99", "p99.9"]
-SCENARIO_COLORS = {"Offline": "tab:blue", "Server": "tab:orange", "SingleStream": "tab:green",
-                   "MultiStream": "tab:purple"}
+SCENARIO_COLORS = {
+    "Offline": "tab:blue",
+    "Server": "tab:orange",
+    "SingleStream": "tab:green",
+    "MultiStream": "tab:purple",
+}
 
 
 def cell(value):
@@ -46,12 +51,21 @@ MAIN_SETTINGS = ("device", "precision", "batch_size", "threads")
 
 def setting_text(run):
     s, requested = run.settings, run.record.get("requested") or {}
-    parts = [s.get(key) if key in ("device", "precision") else f"{key}={s.get(key)}"
-             for key in MAIN_SETTINGS if s.get(key)]
+    parts = [
+        s.get(key) if key in ("device", "precision") else f"{key}={s.get(key)}"
+        for key in MAIN_SETTINGS
+        if s.get(key)
+    ]
     for setting in SETTINGS:
-        chosen = requested.get(setting.name, s.get(setting.key))  # records before 'requested': the value
-        if (setting.affects_result and setting.key not in MAIN_SETTINGS + ("scenario", "user_conf")
-                and s.get(setting.key) and chosen not in ("", "auto", setting.default)):
+        chosen = requested.get(
+            setting.name, s.get(setting.key)
+        )  # records before 'requested': the value
+        if (
+            setting.affects_result
+            and setting.key not in MAIN_SETTINGS + ("scenario", "user_conf")
+            and s.get(setting.key)
+            and chosen not in ("", "auto", setting.default)
+        ):
             parts.append(f"{setting.key}={s[setting.key]}")
     return " ".join(parts) or "?"
 
@@ -68,11 +82,17 @@ def throughput(run):
     (MultiStream, which reports none: samples over the test's duration)."""
     summary = run.summary
     rates = summary.get("throughput") or {}
-    key = {"Offline": "samples_per_second", "Server": "completed_samples_per_second",
-           "SingleStream": "qps_with_loadgen_overhead"}.get(summary.get("scenario"))
+    key = {
+        "Offline": "samples_per_second",
+        "Server": "completed_samples_per_second",
+        "SingleStream": "qps_with_loadgen_overhead",
+    }.get(summary.get("scenario"))
     if key:
         return rates.get(key)
-    queries, per_query = summary.get("queries"), (summary.get("settings") or {}).get("samples_per_query")
+    queries, per_query = (
+        summary.get("queries"),
+        (summary.get("settings") or {}).get("samples_per_query"),
+    )
     if queries and per_query and summary.get("duration_s"):
         return queries * per_query / summary["duration_s"]
     return None
@@ -106,8 +126,12 @@ def tree(state, length=10):
 
 def render(runs, results_dir, plots):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = ["# RetinaNet MLPerf runs", "",
-             f"{len(runs)} runs from `{results_dir}`, reported {now} on {platform.node()}.", ""]
+    lines = [
+        "# RetinaNet MLPerf runs",
+        "",
+        f"{len(runs)} runs from `{results_dir}`, reported {now} on {platform.node()}.",
+        "",
+    ]
 
     performance = [run for run in runs if run.performance]
     if performance:
@@ -115,39 +139,111 @@ def render(runs, results_dir, plots):
         for run in performance:
             s = run.summary
             latency = s.get("query_latency_ns") or s.get("latency_ns") or {}
-            rows.append([run.name, s.get("scenario"), setting_text(run), s.get("queries"),
-                         s.get("result"), metric_text(s), number(throughput(run)),
-                         ms(latency.get("p50")), ms(latency.get("p90")), ms(latency.get("p99")),
-                         f"{s.get('warnings', 0)}/{s.get('errors', 0)}"])
-        lines += ["## Performance", "", table(
-            ["run", "scenario", "settings", "queries", "result", "metric", "samples/s",
-             "p50 ms", "p90 ms", "p99 ms", "warnings/errors"], rows), ""]
+            rows.append(
+                [
+                    run.name,
+                    s.get("scenario"),
+                    setting_text(run),
+                    s.get("queries"),
+                    s.get("result"),
+                    metric_text(s),
+                    number(throughput(run)),
+                    ms(latency.get("p50")),
+                    ms(latency.get("p90")),
+                    ms(latency.get("p99")),
+                    f"{s.get('warnings', 0)}/{s.get('errors', 0)}",
+                ]
+            )
+        lines += [
+            "## Performance",
+            "",
+            table(
+                [
+                    "run",
+                    "scenario",
+                    "settings",
+                    "queries",
+                    "result",
+                    "metric",
+                    "samples/s",
+                    "p50 ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "warnings/errors",
+                ],
+                rows,
+            ),
+            "",
+        ]
         invalid = [run for run in performance if run.summary.get("result") == "INVALID"]
         if invalid:
             lines += ["INVALID, as LoadGen gives the reasons:", ""]
-            lines += [f"- `{run.name}`: " + "; ".join(run.summary.get("reasons", [])) for run in invalid]
+            lines += [
+                f"- `{run.name}`: " + "; ".join(run.summary.get("reasons", [])) for run in invalid
+            ]
             lines += [""]
 
     accuracy = [run for run in runs if run.accuracy]
     if accuracy:
-        rows = [[run.name, setting_text(run), run.record.get("dataset", {}).get("images_used"),
-                 f"{run.accuracy['map']:.3f}", "yes" if run.accuracy["meets_target"] else "**no**"]
-                for run in accuracy]
-        lines += ["## Accuracy", "", table(["run", "settings", "images", "mAP %",
-                                           f"meets {MAP_TARGET}% (99% of {REFERENCE_MAP}%)"], rows), ""]
+        rows = [
+            [
+                run.name,
+                setting_text(run),
+                run.record.get("dataset", {}).get("images_used"),
+                f"{run.accuracy['map']:.3f}",
+                "yes" if run.accuracy["meets_target"] else "**no**",
+            ]
+            for run in accuracy
+        ]
+        lines += [
+            "## Accuracy",
+            "",
+            table(
+                [
+                    "run",
+                    "settings",
+                    "images",
+                    "mAP %",
+                    f"meets {MAP_TARGET}% (99% of {REFERENCE_MAP}%)",
+                ],
+                rows,
+            ),
+            "",
+        ]
 
     unfinished = [run for run in runs if run.status != "completed"]
     if unfinished:
         rows = [[run.name, run.mode, run.scenario, run.status, run.reason] for run in unfinished]
-        lines += ["## Failed or still running", "", table(["run", "mode", "scenario", "status", "reason"], rows), ""]
+        lines += [
+            "## Failed or still running",
+            "",
+            table(["run", "mode", "scenario", "status", "reason"], rows),
+            "",
+        ]
 
-    rows = [[run.name, (run.record.get("model") or {}).get("md5", "?")[:12], tree(run.record.get("upstream")),
-             len((run.record.get("upstream") or {}).get("patches", [])), tree(run.record.get("project")),
-             software(run), hardware(run)] for run in runs]
-    lines += ["## How each run was made", "",
-              table(["run", "model md5", "upstream", "patches", "project", "software", "CPU / GPU"], rows), "",
-              "Each run's folder holds the rest: `run.json` (command, every setting, versions, "
-              "`rerun`: the make command that repeats it) and `summary.json`.", ""]
+    rows = [
+        [
+            run.name,
+            (run.record.get("model") or {}).get("md5", "?")[:12],
+            tree(run.record.get("upstream")),
+            len((run.record.get("upstream") or {}).get("patches", [])),
+            tree(run.record.get("project")),
+            software(run),
+            hardware(run),
+        ]
+        for run in runs
+    ]
+    lines += [
+        "## How each run was made",
+        "",
+        table(
+            ["run", "model md5", "upstream", "patches", "project", "software", "CPU / GPU"], rows
+        ),
+        "",
+        "Each run's folder holds the rest: `run.json` (command, every setting, versions, "
+        "`rerun`: the make command that repeats it) and `summary.json`.",
+        "",
+    ]
     for name, title in plots:
         lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
@@ -169,8 +265,11 @@ def plot_throughput(runs, path):
         ax.set_xlim(min(positive) / 2, max(positive) * 3)
     else:
         ax.set_xlim(0, max(positive) * 1.2)
-    bars = ax.barh(range(len(runs)), [max(value, 0) for value in values],
-                   color=[SCENARIO_COLORS.get(run.scenario, "gray") for run in runs])
+    bars = ax.barh(
+        range(len(runs)),
+        [max(value, 0) for value in values],
+        color=[SCENARIO_COLORS.get(run.scenario, "gray") for run in runs],
+    )
     for bar, run, value in zip(bars, runs, values):
         if run.summary.get("result") == "INVALID":
             bar.set_hatch("//")
@@ -197,9 +296,15 @@ def plot_latency(runs, path):
         if not points:
             continue
         style = "--" if run.summary.get("result") == "INVALID" else "-"
-        ax.plot([p for p, _ in points], [v for _, v in points], style, marker="o",
-                color=SCENARIO_COLORS.get(run.scenario), alpha=0.8,
-                label=label(run) + (" (per query)" if run.summary.get("query_latency_ns") else ""))
+        ax.plot(
+            [p for p, _ in points],
+            [v for _, v in points],
+            style,
+            marker="o",
+            color=SCENARIO_COLORS.get(run.scenario),
+            alpha=0.8,
+            label=label(run) + (" (per query)" if run.summary.get("query_latency_ns") else ""),
+        )
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -261,7 +366,9 @@ def report(results_dir, out_dir, patterns=()):
         (plot_accuracy, "accuracy.png", "mAP against the target", runs),
     ]:
         path = out_dir / name
-        path.unlink(missing_ok=True)  # a plot with nothing to show is not left from an earlier report
+        path.unlink(
+            missing_ok=True
+        )  # a plot with nothing to show is not left from an earlier report
         if draw(chosen, path):
             plots.append((name, title))
     text = render(runs, results_dir, plots)
@@ -270,13 +377,19 @@ def report(results_dir, out_dir, patterns=()):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", default="results", help="the folder holding the run folders")
     parser.add_argument("--out", help="where report.md and the plots go (default: RESULTS/report)")
-    parser.add_argument("--runs", default="", help="run folder names or shell patterns, space separated")
+    parser.add_argument(
+        "--runs", default="", help="run folder names or shell patterns, space separated"
+    )
     args = parser.parse_args()
     try:
-        text, path, plots = report(args.results, args.out or Path(args.results) / "report", args.runs.split())
+        text, path, plots = report(
+            args.results, args.out or Path(args.results) / "report", args.runs.split()
+        )
     except RunError as error:
         sys.exit(f"report: error: {error}")
     print(text)

@@ -6,6 +6,7 @@
 `finish` also writes summary.json (run_summary.py). A completed run whose logs cannot be
 read is recorded as failed, with the reason, and `finish` exits 1.
 """
+
 import argparse
 import datetime
 import importlib.metadata
@@ -30,8 +31,17 @@ def now():
 
 def package_versions():
     versions = {"python": platform.python_version()}
-    for name in ["torch", "torchvision", "mlcommons-loadgen", "numpy", "pandas", "pycocotools",
-                 "opencv-python-headless", "onnxruntime", "onnxruntime-gpu"]:
+    for name in [
+        "torch",
+        "torchvision",
+        "mlcommons-loadgen",
+        "numpy",
+        "pandas",
+        "pycocotools",
+        "opencv-python-headless",
+        "onnxruntime",
+        "onnxruntime-gpu",
+    ]:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -50,7 +60,9 @@ def accelerator():
 
 def cpuinfo(field):
     """The first value of a /proc/cpuinfo field, or None."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
         if line.split(":", 1)[0].strip() == field:
             return line.split(":", 1)[1].strip()
     return None
@@ -121,7 +133,10 @@ def file_facts(path):
 
 def dataset_facts(data_dir, images_used):
     annotations = Path(data_dir) / ANNOTATIONS
-    facts = {"path": str(Path(data_dir).resolve()), "images_used": int(images_used) if images_used else None}
+    facts = {
+        "path": str(Path(data_dir).resolve()),
+        "images_used": int(images_used) if images_used else None,
+    }
     if annotations.is_file():
         facts["images_total"] = len(json.loads(annotations.read_text())["images"])
         facts["annotations_md5"] = file_digest(annotations)
@@ -142,11 +157,20 @@ def start(run_dir, settings, command, pid=None, requested=None):
         "project": project_state(),
         "upstream": upstream_state(),
         "versions": package_versions(),
-        "host": {"name": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
-                 "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), **accelerator()},
+        "host": {
+            "name": platform.node(),
+            "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
+            "cpus": os.cpu_count(),
+            **accelerator(),
+        },
     }
     if settings.get("user_conf") and Path(settings["user_conf"]).is_file():
-        record["user_conf"] = {"path": settings["user_conf"], "text": Path(settings["user_conf"]).read_text()}
+        record["user_conf"] = {
+            "path": settings["user_conf"],
+            "text": Path(settings["user_conf"]).read_text(),
+        }
     if settings.get("model") and Path(settings["model"]).is_file():
         record["model"] = file_facts(settings["model"])
     if settings.get("data_dir"):
@@ -174,13 +198,19 @@ def finish(run_dir, status, reason=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     p_start = sub.add_parser("start")
     p_start.add_argument("run_dir")
     p_start.add_argument("--pid", type=int, help="the process running the run (run_eval.sh)")
-    p_start.add_argument("--settings", required=True, metavar="JSON",
-                         help='{"settings": {...}, "requested": {...}}, as preflight.py prints it')
+    p_start.add_argument(
+        "--settings",
+        required=True,
+        metavar="JSON",
+        help='{"settings": {...}, "requested": {...}}, as preflight.py prints it',
+    )
     p_finish = sub.add_parser("finish")
     p_finish.add_argument("run_dir")
     p_finish.add_argument("--status", required=True, choices=["completed", "failed"])
@@ -188,7 +218,7 @@ def main():
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
-    command = argv[split + 1:]
+    command = argv[split + 1 :]
     if args.action == "start":
         given = json.loads(args.settings)
         start(args.run_dir, given["settings"], command, args.pid, given["requested"])

@@ -7,6 +7,7 @@ a run folder and prints the summary without writing anything.
 
     python -m retinanet.run_summary RUN_DIR
 """
+
 import json
 import re
 import sys
@@ -32,7 +33,9 @@ def accuracy(run_dir):
     result["meets_target"] = result["map"] >= MAP_TARGET
     harness = Path(run_dir) / "results.json"
     try:
-        scenarios = [v for k, v in json.loads(harness.read_text()).items() if k.startswith("TestScenario.")]
+        scenarios = [
+            v for k, v in json.loads(harness.read_text()).items() if k.startswith("TestScenario.")
+        ]
         result["harness_map"] = scenarios[0]["mAP"]
     except (OSError, ValueError, IndexError, KeyError):
         pass  # the harness's own figure is a cross-check, not the result

@@ -1,5 +1,6 @@
 """Find run folders under a results folder and read them: run.json, summary.json, and
 whether a run that says "running" still is. Only reads: a run's folder is its own."""
+
 import fnmatch
 import json
 import platform
@@ -70,8 +71,10 @@ def load(path):
     run = Run(path, record, status=record.get("status", "running"), reason=record.get("reason", ""))
     if run.status == "running" and not process_alive(record):
         run.status = "failed"
-        run.reason = (f"stopped without finishing: process {record['pid']} is gone "
-                      "(killed, or the machine went down)")
+        run.reason = (
+            f"stopped without finishing: process {record['pid']} is gone "
+            "(killed, or the machine went down)"
+        )
     summary_path = path / run_summary.SUMMARY
     if summary_path.is_file():
         run.summary = json.loads(summary_path.read_text())
@@ -86,11 +89,19 @@ def find(results_dir, patterns=()):
     pick a subset."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise RunError(f"RESULTS_DIR={results_dir} does not exist: no runs yet ('make eval' or 'make perf')")
+        raise RunError(
+            f"RESULTS_DIR={results_dir} does not exist: no runs yet ('make eval' or 'make perf')"
+        )
     folders = sorted(p for p in results_dir.iterdir() if (p / RECORD).is_file())
     if patterns:
-        picked = [p for p in folders if any(fnmatch.fnmatch(p.name, pat) or p.name == pat for pat in patterns)]
-        missing = [pat for pat in patterns if not any(fnmatch.fnmatch(p.name, pat) for p in folders)]
+        picked = [
+            p
+            for p in folders
+            if any(fnmatch.fnmatch(p.name, pat) or p.name == pat for pat in patterns)
+        ]
+        missing = [
+            pat for pat in patterns if not any(fnmatch.fnmatch(p.name, pat) for p in folders)
+        ]
         if missing:
             raise RunError(f"no run in {results_dir} matches {', '.join(missing)}")
         folders = picked
@@ -112,10 +123,16 @@ def resolve(results_dir, name):
     for candidate in (Path(name), Path(results_dir) / name):
         if (candidate / RECORD).is_file():
             return load(candidate)
-    folders = [p for p in sorted(Path(results_dir).glob("*")) if (p / RECORD).is_file() and name in p.name]
+    folders = [
+        p for p in sorted(Path(results_dir).glob("*")) if (p / RECORD).is_file() and name in p.name
+    ]
     if len(folders) == 1:
         return load(folders[0])
     if not folders:
-        raise RunError(f"no run '{name}': not a run folder, and no folder in {results_dir} has that in its name")
-    raise RunError(f"'{name}' matches {len(folders)} runs in {results_dir} "
-                   f"({', '.join(p.name for p in folders[:4])}...): name one")
+        raise RunError(
+            f"no run '{name}': not a run folder, and no folder in {results_dir} has that in its name"
+        )
+    raise RunError(
+        f"'{name}' matches {len(folders)} runs in {results_dir} "
+        f"({', '.join(p.name for p in folders[:4])}...): name one"
+    )

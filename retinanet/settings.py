@@ -12,14 +12,15 @@ Standard library only: make reads the table before any environment exists.
     python3 -m retinanet.settings help       the settings part of `make help`
     python3 -m retinanet.settings readme     rewrite the settings table in README.md
 """
+
 import math
 import os
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from retinanet import HARNESS, OFFICIAL_MODELS, PROJECT_ROOT, UPSTREAM
 
@@ -35,11 +36,13 @@ class SettingError(ValueError):
 
 # -- values ------------------------------------------------------------------------------
 
+
 def one_of(*values):
     def parse(name, value):
         if value not in values:
             raise SettingError(f"{name}={value} is not one of: {', '.join(values)}")
         return value
+
     parse.values = values
     return parse
 
@@ -49,6 +52,7 @@ def whole(minimum):
         if not re.fullmatch(r"[0-9]+", value) or int(value) < minimum:
             raise SettingError(f"{name}={value} is not a whole number, {minimum} or more")
         return str(int(value))
+
     return parse
 
 
@@ -99,12 +103,16 @@ def user_conf(name, value):
             continue
         where = f"{name}={value} line {number} ({line.strip()!r})"
         if len(words) != 3 or words[1] != "=":
-            raise SettingError(f"{where} is not 'model.scenario.key = value' with spaces around '=': "
-                               "LoadGen would ignore it")
+            raise SettingError(
+                f"{where} is not 'model.scenario.key = value' with spaces around '=': "
+                "LoadGen would ignore it"
+            )
         parts = words[0].split(".")
         if len(parts) != 3 or parts[1] not in SCENARIOS + ("*",):
-            raise SettingError(f"{where}: '{words[0]}' is not model.scenario.key with a scenario of "
-                               f"{', '.join(SCENARIOS)} or *")
+            raise SettingError(
+                f"{where}: '{words[0]}' is not model.scenario.key with a scenario of "
+                f"{', '.join(SCENARIOS)} or *"
+            )
         if keys and parts[2] not in keys:
             raise SettingError(f"{where}: LoadGen has no setting '{parts[2]}' and would ignore it")
         try:
@@ -128,15 +136,16 @@ def loadgen_keys():
 
 # -- the table ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Setting:
     name: str
     default: str  # as make has it; "" means unset, and empty values take the default too
     doc: str
     parse: Callable[[str, str], str]
-    auto: Optional[Callable] = None  # (resolved settings so far) -> value, for `auto`
-    onnxruntime: Optional[str] = None  # the value BACKEND=onnxruntime runs (upstream's profile)
-    flag: Optional[str] = None  # the harness's flag: "--x" followed by the value, or alone for 0/1
+    auto: Callable | None = None  # (resolved settings so far) -> value, for `auto`
+    onnxruntime: str | None = None  # the value BACKEND=onnxruntime runs (upstream's profile)
+    flag: str | None = None  # the harness's flag: "--x" followed by the value, or alone for 0/1
     affects_result: bool = False  # a difference makes two runs' figures incomparable
 
     @property
@@ -175,67 +184,212 @@ def always(value):
 
 
 SETTINGS = [
-    Setting("DATA_DIR", "data/openimages-mlperf", "the dataset: the downloader's root folder (annotations/, "
-            "validation/data/); a flat folder of images also works", path),
+    Setting(
+        "DATA_DIR",
+        "data/openimages-mlperf",
+        "the dataset: the downloader's root folder (annotations/, "
+        "validation/data/); a flat folder of images also works",
+        path,
+    ),
     Setting("MODEL_DIR", "models", "the folder of the official model, when MODEL is empty", path),
-    Setting("MODEL", "", "the model file: TorchScript, a state dict with MODEL_FACTORY, or ONNX with "
-            "BACKEND=onnxruntime (empty: the official file in MODEL_DIR)", path, flag="--model"),
-    Setting("BACKEND", "pytorch", "pytorch, or onnxruntime (upstream's ONNX backend: batch 1, the model's "
-            "own precision)", one_of(*BACKENDS), affects_result=True),
-    Setting("MODEL_FACTORY", "", "package.module:function building the nn.Module that MODEL, a state dict, "
-            "loads into", factory, flag="--model-factory", affects_result=True),
-    Setting("TRUST_MODEL", "0", "1: load MODEL even when it is a full pickle, which runs any code it holds "
-            "(trusted files only)", one_of("0", "1"), flag="--trust-pickle"),
-    Setting("CHECK_IMAGES", "1", "images the output contract is checked on before each run (0: load "
-            "check only)", whole(0)),
-    Setting("DEVICE", "auto", "cpu, gpu, or auto (gpu when torch sees one)", one_of("auto", "cpu", "gpu"),
-            auto=auto_device, affects_result=True),
-    Setting("SCENARIO", "Offline", "make perf: Offline, Server, SingleStream or MultiStream",
-            one_of(*SCENARIOS), flag="--scenario", affects_result=True),
-    Setting("COUNT", "", "images to use (empty: the whole dataset)", whole(1), flag="--count",
-            affects_result=True),
-    Setting("BATCH_SIZE", "auto", "harness --max-batchsize; auto: 1 on a CPU, 16 on a GPU", whole(1),
-            auto=per_device("1", "16"), onnxruntime="1", flag="--max-batchsize", affects_result=True),
-    Setting("THREADS", "auto", "harness worker threads; auto: 1 on a CPU, 2 on a GPU", whole(1),
-            auto=per_device("1", "2"), flag="--threads", affects_result=True),
-    Setting("PRECISION", "auto", "fp32, bf16 or fp16, under autocast; auto: fp16 on a GPU, bf16 on a CPU "
-            "with native bf16 (AVX512-BF16, AMX), else fp32", one_of("fp32", "bf16", "fp16"),
-            auto=lambda resolved: "fp16" if resolved["DEVICE"] == "gpu" else ("bf16" if native_bf16() else "fp32"),
-            onnxruntime="fp32", flag="--precision", affects_result=True),
-    Setting("CHANNELS_LAST", "auto", "1: model and inputs in channels_last memory format; auto: 1",
-            one_of("0", "1"), auto=always("1"), onnxruntime="0", flag="--channels-last",
-            affects_result=True),
-    Setting("FREEZE", "auto", "1: torch.jit.freeze + optimize_for_inference the TorchScript model; auto: 0",
-            one_of("0", "1"), auto=always("0"), onnxruntime="0", flag="--freeze",
-            affects_result=True),
-    Setting("INTRA_THREADS", "", "torch intra-op threads (empty: torch's default, one per core)", whole(1),
-            flag="--intra-op-threads", affects_result=True),
-    Setting("IMAGE_CACHE", "none", "none: preprocess as LoadGen loads; uint8: also keep a compact cache; "
-            "float32: upstream's cache", one_of("none", "uint8", "float32"), flag="--image-cache",
-            affects_result=True),
-    Setting("CACHE_DIR", "cache", "preprocessed images for IMAGE_CACHE=uint8 (1.9 MB each) or float32 "
-            "(7.7 MB each)", path),
-    Setting("GUARD_IMAGES", "8", "accuracy runs in bf16 or fp16: compare with fp32 on this many images "
-            "(0: off)", whole(0)),
-    Setting("QPS", "", "harness --qps: target QPS for Server and Offline (a fraction is fine)",
-            positive_number, flag="--qps", affects_result=True),
-    Setting("TIME", "", "harness --time: run this many seconds (not for a submission)", whole(1),
-            flag="--time", affects_result=True),
-    Setting("USER_CONF", "", "LoadGen user.conf (empty: upstream's)", user_conf, affects_result=True),
-    Setting("HARNESS_ARGS", "", "more flags for upstream python/main.py, e.g. --samples-per-query 8",
-            harness_words, affects_result=True),
-    Setting("WARMUP", "5", "inferences on the first image before LoadGen starts (upstream's 5); 0: none, "
-            "e.g. for accuracy on a CPU", whole(0), flag="--warmup", affects_result=True),
-    Setting("PROGRESS", "30", "seconds between progress lines while LoadGen runs; 0: none", whole(0),
-            flag="--progress"),
-    Setting("STALL_TIMEOUT", "auto", "seconds without a completed inference before a run stops as "
-            "stalled; auto: 10x the slowest so far, at least 60", or_auto(positive_number),
-            flag="--stall-timeout"),
+    Setting(
+        "MODEL",
+        "",
+        "the model file: TorchScript, a state dict with MODEL_FACTORY, or ONNX with "
+        "BACKEND=onnxruntime (empty: the official file in MODEL_DIR)",
+        path,
+        flag="--model",
+    ),
+    Setting(
+        "BACKEND",
+        "pytorch",
+        "pytorch, or onnxruntime (upstream's ONNX backend: batch 1, the model's own precision)",
+        one_of(*BACKENDS),
+        affects_result=True,
+    ),
+    Setting(
+        "MODEL_FACTORY",
+        "",
+        "package.module:function building the nn.Module that MODEL, a state dict, loads into",
+        factory,
+        flag="--model-factory",
+        affects_result=True,
+    ),
+    Setting(
+        "TRUST_MODEL",
+        "0",
+        "1: load MODEL even when it is a full pickle, which runs any code it holds "
+        "(trusted files only)",
+        one_of("0", "1"),
+        flag="--trust-pickle",
+    ),
+    Setting(
+        "CHECK_IMAGES",
+        "1",
+        "images the output contract is checked on before each run (0: load check only)",
+        whole(0),
+    ),
+    Setting(
+        "DEVICE",
+        "auto",
+        "cpu, gpu, or auto (gpu when torch sees one)",
+        one_of("auto", "cpu", "gpu"),
+        auto=auto_device,
+        affects_result=True,
+    ),
+    Setting(
+        "SCENARIO",
+        "Offline",
+        "make perf: Offline, Server, SingleStream or MultiStream",
+        one_of(*SCENARIOS),
+        flag="--scenario",
+        affects_result=True,
+    ),
+    Setting(
+        "COUNT",
+        "",
+        "images to use (empty: the whole dataset)",
+        whole(1),
+        flag="--count",
+        affects_result=True,
+    ),
+    Setting(
+        "BATCH_SIZE",
+        "auto",
+        "harness --max-batchsize; auto: 1 on a CPU, 16 on a GPU",
+        whole(1),
+        auto=per_device("1", "16"),
+        onnxruntime="1",
+        flag="--max-batchsize",
+        affects_result=True,
+    ),
+    Setting(
+        "THREADS",
+        "auto",
+        "harness worker threads; auto: 1 on a CPU, 2 on a GPU",
+        whole(1),
+        auto=per_device("1", "2"),
+        flag="--threads",
+        affects_result=True,
+    ),
+    Setting(
+        "PRECISION",
+        "auto",
+        "fp32, bf16 or fp16, under autocast; auto: fp16 on a GPU, bf16 on a CPU "
+        "with native bf16 (AVX512-BF16, AMX), else fp32",
+        one_of("fp32", "bf16", "fp16"),
+        auto=lambda resolved: (
+            "fp16" if resolved["DEVICE"] == "gpu" else ("bf16" if native_bf16() else "fp32")
+        ),
+        onnxruntime="fp32",
+        flag="--precision",
+        affects_result=True,
+    ),
+    Setting(
+        "CHANNELS_LAST",
+        "auto",
+        "1: model and inputs in channels_last memory format; auto: 1",
+        one_of("0", "1"),
+        auto=always("1"),
+        onnxruntime="0",
+        flag="--channels-last",
+        affects_result=True,
+    ),
+    Setting(
+        "FREEZE",
+        "auto",
+        "1: torch.jit.freeze + optimize_for_inference the TorchScript model; auto: 0",
+        one_of("0", "1"),
+        auto=always("0"),
+        onnxruntime="0",
+        flag="--freeze",
+        affects_result=True,
+    ),
+    Setting(
+        "INTRA_THREADS",
+        "",
+        "torch intra-op threads (empty: torch's default, one per core)",
+        whole(1),
+        flag="--intra-op-threads",
+        affects_result=True,
+    ),
+    Setting(
+        "IMAGE_CACHE",
+        "none",
+        "none: preprocess as LoadGen loads; uint8: also keep a compact cache; "
+        "float32: upstream's cache",
+        one_of("none", "uint8", "float32"),
+        flag="--image-cache",
+        affects_result=True,
+    ),
+    Setting(
+        "CACHE_DIR",
+        "cache",
+        "preprocessed images for IMAGE_CACHE=uint8 (1.9 MB each) or float32 (7.7 MB each)",
+        path,
+    ),
+    Setting(
+        "GUARD_IMAGES",
+        "8",
+        "accuracy runs in bf16 or fp16: compare with fp32 on this many images (0: off)",
+        whole(0),
+    ),
+    Setting(
+        "QPS",
+        "",
+        "harness --qps: target QPS for Server and Offline (a fraction is fine)",
+        positive_number,
+        flag="--qps",
+        affects_result=True,
+    ),
+    Setting(
+        "TIME",
+        "",
+        "harness --time: run this many seconds (not for a submission)",
+        whole(1),
+        flag="--time",
+        affects_result=True,
+    ),
+    Setting(
+        "USER_CONF", "", "LoadGen user.conf (empty: upstream's)", user_conf, affects_result=True
+    ),
+    Setting(
+        "HARNESS_ARGS",
+        "",
+        "more flags for upstream python/main.py, e.g. --samples-per-query 8",
+        harness_words,
+        affects_result=True,
+    ),
+    Setting(
+        "WARMUP",
+        "5",
+        "inferences on the first image before LoadGen starts (upstream's 5); 0: none, "
+        "e.g. for accuracy on a CPU",
+        whole(0),
+        flag="--warmup",
+        affects_result=True,
+    ),
+    Setting(
+        "PROGRESS",
+        "30",
+        "seconds between progress lines while LoadGen runs; 0: none",
+        whole(0),
+        flag="--progress",
+    ),
+    Setting(
+        "STALL_TIMEOUT",
+        "auto",
+        "seconds without a completed inference before a run stops as "
+        "stalled; auto: 10x the slowest so far, at least 60",
+        or_auto(positive_number),
+        flag="--stall-timeout",
+    ),
     Setting("RESULTS_DIR", "results", "every run gets a new folder in here", path),
 ]
 
 
 # -- resolution --------------------------------------------------------------------------
+
 
 def requested_from(environ):
     """Each setting as given (make exports its variables to run_eval.sh); empty means the default."""
@@ -261,15 +415,19 @@ def resolve(requested):
     for setting in SETTINGS:  # auto, in table order: DEVICE before what depends on it
         if resolved["BACKEND"] == "onnxruntime" and setting.onnxruntime is not None:
             if resolved[setting.name] not in ("", "auto", setting.onnxruntime):
-                problems.append(f"{setting.name}={resolved[setting.name]} is for BACKEND=pytorch: BACKEND="
-                                f"onnxruntime runs {setting.name}={setting.onnxruntime}; leave {setting.name} on auto")
+                problems.append(
+                    f"{setting.name}={resolved[setting.name]} is for BACKEND=pytorch: BACKEND="
+                    f"onnxruntime runs {setting.name}={setting.onnxruntime}; leave {setting.name} on auto"
+                )
             resolved[setting.name] = setting.onnxruntime
         elif resolved[setting.name] == "auto" and setting.auto:
             resolved[setting.name] = setting.auto(resolved)
     if resolved["DEVICE"] == "cpu" and resolved["PRECISION"] == "fp16":
         problems.append("PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32")
     if not resolved["MODEL"]:
-        official = OFFICIAL_MODELS["onnx" if resolved["BACKEND"] == "onnxruntime" else "pytorch"]["file"]
+        official = OFFICIAL_MODELS["onnx" if resolved["BACKEND"] == "onnxruntime" else "pytorch"][
+            "file"
+        ]
         resolved["MODEL"] = os.path.join(resolved["MODEL_DIR"], official)
     if not resolved["USER_CONF"]:
         resolved["USER_CONF"] = str(HARNESS / "user.conf")
@@ -312,7 +470,9 @@ README_END = "<!-- end of settings -->"
 
 def markdown_table():
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | {f'`{s.default}`' if s.default else 'empty'} | {s.doc} |" for s in SETTINGS]
+    rows += [
+        f"| `{s.name}` | {f'`{s.default}`' if s.default else 'empty'} | {s.doc} |" for s in SETTINGS
+    ]
     return "\n".join(rows)
 
 
@@ -329,7 +489,9 @@ def main():
     action = sys.argv[1] if len(sys.argv) == 2 else ""
     if action == "makefile":
         for setting in SETTINGS:
-            assert not re.search(r"[\s=$'\"]", setting.default), setting  # make reads NAME=default words
+            assert not re.search(r"[\s=$'\"]", setting.default), (
+                setting
+            )  # make reads NAME=default words
         print(" ".join(f"{s.name}={s.default}" for s in SETTINGS))
     elif action == "help":
         for s in SETTINGS:

@@ -12,6 +12,7 @@ DIR/<set>/manifest.json (image count, total bytes, each file's size and SHA-256)
 compares the files with the manifest already there, so a later run can tell that the
 dataset changed. Exits 1 with one line per problem, naming the file and what to do.
 """
+
 import argparse
 import datetime
 import hashlib
@@ -34,8 +35,11 @@ FULL_VALIDATION_IMAGES = 24781
 CALIBRATION_LIST = UPSTREAM / "calibration" / "openimages" / "openimages_cal_images_list.txt"
 SETS = {
     "validation": {"annotations": ANNOTATIONS, "images": IMAGE_DIR, "make": "make dataset"},
-    "calibration": {"annotations": Path("annotations") / "openimages-calibration-mlperf.json",
-                    "images": Path("calibration") / "data", "make": "make calibration"},
+    "calibration": {
+        "annotations": Path("annotations") / "openimages-calibration-mlperf.json",
+        "images": Path("calibration") / "data",
+        "make": "make calibration",
+    },
 }
 MANIFEST = "manifest.json"
 EXIF_ORIENTATION = 0x0112
@@ -55,7 +59,11 @@ class Problems(list):
             self.append(line)
 
     def summary(self):
-        return list(self) + [f"error: ... and {n - SHOWN} more {kind}" for kind, n in self.counts.items() if n > SHOWN]
+        return list(self) + [
+            f"error: ... and {n - SHOWN} more {kind}"
+            for kind, n in self.counts.items()
+            if n > SHOWN
+        ]
 
 
 def check_image(path, width=None, height=None):
@@ -75,10 +83,19 @@ def check_image(path, width=None, height=None):
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return len(data), digest, f"does not decode ({error})"
-    if orientation in (5, 6, 7, 8):  # cv2.imread, as the downloader and harness use it, rotates these
+    if orientation in (
+        5,
+        6,
+        7,
+        8,
+    ):  # cv2.imread, as the downloader and harness use it, rotates these
         size = size[::-1]
     if width is not None and size != (width, height):
-        return len(data), digest, f"is {size[0]}x{size[1]} pixels, the annotations say {width}x{height}"
+        return (
+            len(data),
+            digest,
+            f"is {size[0]}x{size[1]} pixels, the annotations say {width}x{height}",
+        )
     return len(data), digest, None
 
 
@@ -88,10 +105,15 @@ def load_annotations(path, problems, redo):
         images, annotations, categories = coco["images"], coco["annotations"], coco["categories"]
         return images, annotations, categories
     except FileNotFoundError:
-        problems.add("annotations", f"error: {path} not found: run '{redo}' to download the dataset")
+        problems.add(
+            "annotations", f"error: {path} not found: run '{redo}' to download the dataset"
+        )
     except (ValueError, KeyError, TypeError) as error:
-        problems.add("annotations", f"error: {path} is not an OpenImages-MLPerf COCO file ({error}): "
-                                    f"run '{redo}' again to write it anew")
+        problems.add(
+            "annotations",
+            f"error: {path} is not an OpenImages-MLPerf COCO file ({error}): "
+            f"run '{redo}' again to write it anew",
+        )
     return None
 
 
@@ -100,20 +122,32 @@ def check_annotations(path, images, annotations, categories, problems, redo):
     names = [c.get("name") for c in sorted(categories, key=lambda c: c.get("id", -1))]
     ids = sorted(c.get("id") for c in categories)
     if names != classes or ids != list(range(len(classes))):
-        first = next((i for i, (a, b) in enumerate(zip(names, classes)) if a != b), min(len(names), len(classes)))
-        problems.add("classes", f"error: {path} lists {len(categories)} categories, not the {len(classes)} MLPerf "
-                                f"classes in order (first difference at id {first}): run '{redo}' again")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(names, classes)) if a != b),
+            min(len(names), len(classes)),
+        )
+        problems.add(
+            "classes",
+            f"error: {path} lists {len(categories)} categories, not the {len(classes)} MLPerf "
+            f"classes in order (first difference at id {first}): run '{redo}' again",
+        )
     for key, kind in (("id", "image id"), ("file_name", "file")):
         for value, n in Counter(image.get(key) for image in images).items():
             if n > 1:
-                problems.add(f"duplicated {kind}s", f"error: {path}: {kind} {value} appears {n} times: "
-                                                    f"run '{redo}' again to rewrite the annotations")
+                problems.add(
+                    f"duplicated {kind}s",
+                    f"error: {path}: {kind} {value} appears {n} times: "
+                    f"run '{redo}' again to rewrite the annotations",
+                )
     known = {image.get("id") for image in images}
     for ann in annotations:
         if ann.get("image_id") not in known or not 0 <= ann.get("category_id", -1) < len(classes):
-            problems.add("annotations", f"error: {path}: annotation {ann.get('id')} refers to image "
-                                        f"{ann.get('image_id')}, category {ann.get('category_id')}, which it "
-                                        f"does not list: run '{redo}' again")
+            problems.add(
+                "annotations",
+                f"error: {path}: annotation {ann.get('id')} refers to image "
+                f"{ann.get('image_id')}, category {ann.get('category_id')}, which it "
+                f"does not list: run '{redo}' again",
+            )
 
 
 def file_problems(root, files, jobs, problems, redo):
@@ -123,10 +157,15 @@ def file_problems(root, files, jobs, problems, redo):
         results = pool.map(lambda f: check_image(root / f[0], f[1], f[2]), files)
         for (rel, _, _), (size, digest, problem) in zip(files, results):
             if problem == "missing":
-                problems.add("missing images", f"error: {root / rel}: missing: run '{redo}' to download it")
+                problems.add(
+                    "missing images", f"error: {root / rel}: missing: run '{redo}' to download it"
+                )
             elif problem:
-                problems.add("damaged images", f"error: {root / rel} {problem}: delete it and run '{redo}' "
-                                               "to download it again")
+                problems.add(
+                    "damaged images",
+                    f"error: {root / rel} {problem}: delete it and run '{redo}' "
+                    "to download it again",
+                )
             if digest:
                 entries[str(rel)] = {"bytes": size, "sha256": digest}
     return entries
@@ -139,28 +178,45 @@ def compare(manifest, current, problems, manifest_path, accept_new_files):
     written = manifest.get("written", "an earlier run")
     changed = sorted(f for f in old.keys() & new.keys() if old[f] != new[f])
     for rel in changed:
-        problems.add("changed files", f"error: {rel} changed since the manifest of {written}: delete it and run "
-                                      f"the download again to restore it, or delete {manifest_path} to accept it")
+        problems.add(
+            "changed files",
+            f"error: {rel} changed since the manifest of {written}: delete it and run "
+            f"the download again to restore it, or delete {manifest_path} to accept it",
+        )
     if accept_new_files:
         return
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
     if added or removed or manifest.get("annotations") != current["annotations"]:
-        what = [f"{images(len(added))} added" if added else "", f"{images(len(removed))} removed" if removed else "",
-                "annotations changed" if manifest.get("annotations") != current["annotations"] else ""]
-        problems.add("changed set", f"error: the dataset changed since the manifest of {written} "
-                                    f"({', '.join(w for w in what if w)}): if that is intended, delete "
-                                    f"{manifest_path} and verify again")
+        what = [
+            f"{images(len(added))} added" if added else "",
+            f"{images(len(removed))} removed" if removed else "",
+            "annotations changed" if manifest.get("annotations") != current["annotations"] else "",
+        ]
+        problems.add(
+            "changed set",
+            f"error: the dataset changed since the manifest of {written} "
+            f"({', '.join(w for w in what if w)}): if that is intended, delete "
+            f"{manifest_path} and verify again",
+        )
 
 
-def verify(root, which="validation", max_images=None, full_images=FULL_VALIDATION_IMAGES, write_manifest=False,
-           jobs=None):
+def verify(
+    root,
+    which="validation",
+    max_images=None,
+    full_images=FULL_VALIDATION_IMAGES,
+    write_manifest=False,
+    jobs=None,
+):
     """Return (problems, summary line)."""
     root = Path(root)
     spec = SETS[which]
     redo = f"{spec['make']} DIR={root}"
     problems = Problems()
     if not root.is_dir():
-        problems.add("dir", f"error: DIR={root} does not exist: run '{redo}' to download the dataset")
+        problems.add(
+            "dir", f"error: DIR={root} does not exist: run '{redo}' to download the dataset"
+        )
         return problems, None
     annotations_path = root / spec["annotations"]
     loaded = load_annotations(annotations_path, problems, redo)
@@ -171,23 +227,39 @@ def verify(root, which="validation", max_images=None, full_images=FULL_VALIDATIO
 
     manifest_path = root / spec["images"].parent / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    files = [(spec["images"] / image["file_name"], image.get("width"), image.get("height")) for image in images]
+    files = [
+        (spec["images"] / image["file_name"], image.get("width"), image.get("height"))
+        for image in images
+    ]
     if which == "validation":
         max_images = max_images or (manifest or {}).get("max_images")
         expected = min(max_images, full_images) if max_images else full_images
         if len(images) != expected:
-            fix = (f"run '{redo}' to complete it, or verify a subset with MAX={len(images)}" if not max_images else
-                   f"run '{redo} MAX={max_images}' again")
-            what = f"MAX={max_images} asks for {expected}" if max_images else \
-                f"the whole MLPerf validation set has {full_images:,}"
-            problems.add("count", f"error: {annotations_path} lists {len(images):,} images, {what}: {fix}")
+            fix = (
+                f"run '{redo}' to complete it, or verify a subset with MAX={len(images)}"
+                if not max_images
+                else f"run '{redo} MAX={max_images}' again"
+            )
+            what = (
+                f"MAX={max_images} asks for {expected}"
+                if max_images
+                else f"the whole MLPerf validation set has {full_images:,}"
+            )
+            problems.add(
+                "count", f"error: {annotations_path} lists {len(images):,} images, {what}: {fix}"
+            )
     else:
         listed = [Path(line.strip()).stem for line in CALIBRATION_LIST.read_text().split()]
         in_json = {Path(f[0]).stem for f in files}
         for stem in sorted(in_json - set(listed)):
-            problems.add("not calibration", f"error: {annotations_path} lists {stem}.jpg, which is not in the MLPerf "
-                                            f"calibration list {CALIBRATION_LIST}: run '{redo}' again")
-        files += [(spec["images"] / f"{stem}.jpg", None, None) for stem in listed if stem not in in_json]
+            problems.add(
+                "not calibration",
+                f"error: {annotations_path} lists {stem}.jpg, which is not in the MLPerf "
+                f"calibration list {CALIBRATION_LIST}: run '{redo}' again",
+            )
+        files += [
+            (spec["images"] / f"{stem}.jpg", None, None) for stem in listed if stem not in in_json
+        ]
 
     started = time.monotonic()
     entries = file_problems(root, files, jobs or os.cpu_count() or 1, problems, redo)
@@ -196,8 +268,11 @@ def verify(root, which="validation", max_images=None, full_images=FULL_VALIDATIO
     current = {
         "set": which,
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "annotations": {"file": str(spec["annotations"]), "bytes": len(annotations_bytes),
-                        "sha256": hashlib.sha256(annotations_bytes).hexdigest()},
+        "annotations": {
+            "file": str(spec["annotations"]),
+            "bytes": len(annotations_bytes),
+            "sha256": hashlib.sha256(annotations_bytes).hexdigest(),
+        },
         "max_images": max_images if which == "validation" else None,
         "images": len(entries),
         "total_bytes": sum(entry["bytes"] for entry in entries.values()),
@@ -210,10 +285,12 @@ def verify(root, which="validation", max_images=None, full_images=FULL_VALIDATIO
 
     total = current["total_bytes"]
     rate = f"{total / 1e6 / seconds:.0f} MB/s" if seconds > 0 else "-"
-    line = (f"verify-dataset: {root} ({which}): {len(entries):,} images ({size_text(total)}), "
-            f"{len(categories)} classes, "
-            f"{len(annotations):,} boxes: every image present, decodable and of the recorded size "
-            f"(read in {seconds:.1f} s, {rate})")
+    line = (
+        f"verify-dataset: {root} ({which}): {len(entries):,} images ({size_text(total)}), "
+        f"{len(categories)} classes, "
+        f"{len(annotations):,} boxes: every image present, decodable and of the recorded size "
+        f"(read in {seconds:.1f} s, {rate})"
+    )
     unfinished = list((root / spec["images"]).glob("*.part"))
     if unfinished:
         line += f"; {len(unfinished)} unfinished downloads (*.part) are left over, the next download replaces them"
@@ -234,23 +311,47 @@ def size_text(total):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dir", help="the folder 'make dataset DIR=...' wrote")
-    parser.add_argument("--set", dest="which", choices=sorted(SETS), help="default: each set DIR holds")
-    parser.add_argument("--max", type=int, default=None, help="the dataset is a subset of this many images")
-    parser.add_argument("--full-images", type=int, default=FULL_VALIDATION_IMAGES,
-                        help="images in the whole validation set (default: %(default)s)")
-    parser.add_argument("--write-manifest", action="store_true",
-                        help="after a download: write the manifest anew (files that changed are still refused)")
-    parser.add_argument("--jobs", type=int, default=None, help="threads reading images (default: one per core)")
+    parser.add_argument(
+        "--set", dest="which", choices=sorted(SETS), help="default: each set DIR holds"
+    )
+    parser.add_argument(
+        "--max", type=int, default=None, help="the dataset is a subset of this many images"
+    )
+    parser.add_argument(
+        "--full-images",
+        type=int,
+        default=FULL_VALIDATION_IMAGES,
+        help="images in the whole validation set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--write-manifest",
+        action="store_true",
+        help="after a download: write the manifest anew (files that changed are still refused)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="threads reading images (default: one per core)"
+    )
     args = parser.parse_args()
     root = Path(args.dir)
-    sets = [args.which] if args.which else [
-        which for which, spec in SETS.items()
-        if (root / spec["annotations"]).exists() or (root / spec["images"]).exists()] or ["validation"]
+    sets = (
+        [args.which]
+        if args.which
+        else [
+            which
+            for which, spec in SETS.items()
+            if (root / spec["annotations"]).exists() or (root / spec["images"]).exists()
+        ]
+        or ["validation"]
+    )
     failed = False
     for which in sets:
-        problems, line = verify(root, which, args.max, args.full_images, args.write_manifest, args.jobs)
+        problems, line = verify(
+            root, which, args.max, args.full_images, args.write_manifest, args.jobs
+        )
         for problem in problems.summary():
             print(problem, file=sys.stderr)
         if line:

@@ -1,5 +1,6 @@
 """Shared fixtures: the real upstream checkout, a generated dataset and models, and a way
 to run `make` the way a user does."""
+
 import os
 import re
 import shutil
@@ -20,8 +21,10 @@ TESTS = Path(__file__).resolve().parent  # MODEL_FACTORY=misbehaving_models:... 
 def upstream_missing():
     if (HARNESS / "python" / "main.py").exists():
         return None
-    return ("upstream not reachable: vendor/inference is not checked out; run 'make setup' "
-            "or point git at a mirror (README, 'Working offline')")
+    return (
+        "upstream not reachable: vendor/inference is not checked out; run 'make setup' "
+        "or point git at a mirror (README, 'Working offline')"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +46,12 @@ def demo(upstream, tmp_path_factory):
     models = {}
     for name in demo_models.ORACLE_VARIANTS:
         models[name] = demo_models.save_torchscript(
-            demo_models.build_oracle(coco, name), root / "models" / name / demo_models.MODEL_FILE)
+            demo_models.build_oracle(coco, name), root / "models" / name / demo_models.MODEL_FILE
+        )
     models["random-weights"] = demo_models.save_torchscript(
-        demo_models.build_random_retinanet(), root / "models" / "random-weights" / demo_models.MODEL_FILE)
+        demo_models.build_random_retinanet(),
+        root / "models" / "random-weights" / demo_models.MODEL_FILE,
+    )
     return {"root": root, "data": root / "data", "coco": coco, "models": models}
 
 
@@ -55,8 +61,14 @@ def make(target, *settings, check=True, cwd=PROJECT_ROOT):
     make runs in a process group of its own: when the test is stopped (its time limit,
     Ctrl-C), the group is killed, so that no harness outlives the test."""
     args = ["make", target, f"PYTHON={PYTHON}", *settings]
-    with subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as running:
+    with subprocess.Popen(
+        args,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as running:
         try:
             stdout, _ = running.communicate()
         except BaseException:
@@ -71,11 +83,21 @@ def make(target, *settings, check=True, cwd=PROJECT_ROOT):
 @pytest.fixture
 def run(tmp_path):
     """make eval/perf into a fresh results and cache folder; returns (process, run folder)."""
+
     def _run(target, data, model, *settings, check=True, device="cpu"):
-        proc = make(target, f"DATA_DIR={data}", f"MODEL={model}", f"RESULTS_DIR={tmp_path / 'results'}",
-                    f"CACHE_DIR={tmp_path / 'cache'}", f"DEVICE={device}", *settings, check=check)
+        proc = make(
+            target,
+            f"DATA_DIR={data}",
+            f"MODEL={model}",
+            f"RESULTS_DIR={tmp_path / 'results'}",
+            f"CACHE_DIR={tmp_path / 'cache'}",
+            f"DEVICE={device}",
+            *settings,
+            check=check,
+        )
         match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
         return proc, Path(match.group(1)) if match else None
+
     return _run
 
 
@@ -94,21 +116,59 @@ def project_copy(upstream, tmp_path):
     """The project's files in a new git repository, with its own clone of upstream at the pin:
     a place to break things without touching this checkout."""
     copy = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "vendor", "results", "cache", "demo", "data", "models", "__pycache__", ".pytest_cache"))
-    pin = subprocess.run(["git", "ls-files", "--stage", "vendor/inference"], cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, check=True).stdout.split()[1]
+    shutil.copytree(
+        PROJECT_ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "vendor",
+            "results",
+            "cache",
+            "demo",
+            "data",
+            "models",
+            "__pycache__",
+            ".pytest_cache",
+        ),
+    )
+    pin = subprocess.run(
+        ["git", "ls-files", "--stage", "vendor/inference"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[1]
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
-    subprocess.run(["git", "update-index", "--add", "--cacheinfo", f"160000,{pin},vendor/inference"],
-                   cwd=copy, check=True)
+    subprocess.run(
+        ["git", "update-index", "--add", "--cacheinfo", f"160000,{pin},vendor/inference"],
+        cwd=copy,
+        check=True,
+    )
     clone = copy / "vendor" / "inference"
-    subprocess.run(["git", "clone", "-q", "--no-checkout", str(UPSTREAM), str(clone)], check=True,
-                   capture_output=True)
-    subprocess.run(["git", "sparse-checkout", "set", "--cone", "vision/classification_and_detection", "loadgen",
-                    "calibration/openimages"],
-                   cwd=clone, check=True)
-    subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", pin],
-                   cwd=clone, check=True)
+    subprocess.run(
+        ["git", "clone", "-q", "--no-checkout", str(UPSTREAM), str(clone)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "git",
+            "sparse-checkout",
+            "set",
+            "--cone",
+            "vision/classification_and_detection",
+            "loadgen",
+            "calibration/openimages",
+        ],
+        cwd=clone,
+        check=True,
+    )
+    subprocess.run(
+        ["git", "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", pin],
+        cwd=clone,
+        check=True,
+    )
     return copy
 
 
@@ -127,9 +187,16 @@ def processes_mentioning(text):
 
 def git_state(repo):
     """What `git status` and HEAD say: equal before and after means nothing changed."""
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
-                            capture_output=True, text=True, check=True).stdout
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout
     diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
     return status, head, diff
 
@@ -139,4 +206,6 @@ os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 
 def pytest_configure(config):
     # TorchScript is the official model's format; its deprecation notice is not our news.
-    config.addinivalue_line("filterwarnings", r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
+    config.addinivalue_line(
+        "filterwarnings", r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"
+    )

@@ -11,6 +11,7 @@ Images are rendered by demo_data.py, each MLPerf image with the code of its plac
 downloader's output (sorted by ImageID), so the demo oracle built from the downloaded
 annotations scores 100% only if the downloader placed every box right.
 """
+
 import csv
 import io
 
@@ -21,15 +22,34 @@ from retinanet import PROJECT_ROOT
 from retinanet.classes import mlperf_classes
 from retinanet.demo_data import random_boxes, render_image
 
-BBOX_HEADER = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
-               "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"]
+BBOX_HEADER = [
+    "ImageID",
+    "Source",
+    "LabelName",
+    "Confidence",
+    "XMin",
+    "XMax",
+    "YMin",
+    "YMax",
+    "IsOccluded",
+    "IsTruncated",
+    "IsGroupOf",
+    "IsDepiction",
+    "IsInside",
+]
 OTHER_CLASSES = ["Accordion", "Alpaca", "Ambulance", "Ant"]  # boxable, but not MLPerf classes
 SIZES = [(1024, 768), (683, 1024), (240, 180), (1280, 427), (300, 640)]
 VALIDATION_CSV = "/v5/validation-annotations-bbox.csv"
 CLASSES_CSV = "/v5/class-descriptions-boxable.csv"
 TRAIN_CSV = "/v6/oidv6-train-annotations-bbox.csv"
-CALIBRATION_LIST = PROJECT_ROOT / "vendor" / "inference" / "calibration" / "openimages" / \
-    "openimages_cal_images_list.txt"
+CALIBRATION_LIST = (
+    PROJECT_ROOT
+    / "vendor"
+    / "inference"
+    / "calibration"
+    / "openimages"
+    / "openimages_cal_images_list.txt"
+)
 
 
 def jpeg(img):
@@ -49,8 +69,21 @@ def csv_bytes(rows, header=None):
 
 def bbox_row(image_id, label_name, box, width, height, group_of):
     x, y, w, h = box
-    return [image_id, "xclick", label_name, 1, x / width, (x + w) / width, y / height, (y + h) / height,
-            0, 0, int(group_of), 0, 0]
+    return [
+        image_id,
+        "xclick",
+        label_name,
+        1,
+        x / width,
+        (x + w) / width,
+        y / height,
+        (y + h) / height,
+        0,
+        0,
+        int(group_of),
+        0,
+        0,
+    ]
 
 
 class FakeOpenImages:
@@ -81,29 +114,49 @@ class FakeOpenImages:
             code = mlperf_ids.index(image_id) + 1 if is_mlperf else 0
             img = render_image(rng, width, height, boxes + others, labels + [0] * len(others), code)
             self.objects[f"validation/{image_id}.jpg"] = jpeg(img)
-            image_rows = [bbox_row(image_id, other_names[k % len(other_names)], box, width, height, False)
-                          for k, box in enumerate(others)]
+            image_rows = [
+                bbox_row(image_id, other_names[k % len(other_names)], box, width, height, False)
+                for k, box in enumerate(others)
+            ]
             if is_mlperf:
-                image_rows += [bbox_row(image_id, self.label_names[label], box, width, height, g)
-                               for box, label, g in zip(boxes, labels, group_of)]
-                self.expected.append({"image_id": image_id, "width": width, "height": height,
-                                      "boxes": sorted(zip(labels, map(tuple, boxes), group_of))})
+                image_rows += [
+                    bbox_row(image_id, self.label_names[label], box, width, height, g)
+                    for box, label, g in zip(boxes, labels, group_of)
+                ]
+                self.expected.append(
+                    {
+                        "image_id": image_id,
+                        "width": width,
+                        "height": height,
+                        "boxes": sorted(zip(labels, map(tuple, boxes), group_of)),
+                    }
+                )
             elif not others:
-                image_rows.append(bbox_row(image_id, other_names[0], boxes[0], width, height, False))
+                image_rows.append(
+                    bbox_row(image_id, other_names[0], boxes[0], width, height, False)
+                )
             rows += image_rows
         rng.shuffle(rows)
         self.files[VALIDATION_CSV] = csv_bytes(rows, BBOX_HEADER)
 
         if calibration:
-            self.calibration_ids = [line.split(".")[0] for line in CALIBRATION_LIST.read_text().split()]
+            self.calibration_ids = [
+                line.split(".")[0] for line in CALIBRATION_LIST.read_text().split()
+            ]
             train_rows = []
             for k, image_id in enumerate(self.calibration_ids):
                 width, height = 64 + k % 3 * 16, 48 + k % 2 * 16
                 box = random_boxes(rng, 1, width, height)[0]
                 label = int(rng.integers(0, len(classes)))
-                self.objects[f"train/{image_id}.jpg"] = jpeg(render_image(rng, width, height, [box], [label], 0))
-                train_rows.append(bbox_row(image_id, self.label_names[label], box, width, height, False))
-            train_rows.append(bbox_row("00000000deadbeef", other_names[0], (1, 1, 8, 8), 64, 48, False))
+                self.objects[f"train/{image_id}.jpg"] = jpeg(
+                    render_image(rng, width, height, [box], [label], 0)
+                )
+                train_rows.append(
+                    bbox_row(image_id, self.label_names[label], box, width, height, False)
+                )
+            train_rows.append(
+                bbox_row("00000000deadbeef", other_names[0], (1, 1, 8, 8), 64, 48, False)
+            )
             self.files[TRAIN_CSV] = csv_bytes(train_rows, BBOX_HEADER)
 
     @property

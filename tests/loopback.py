@@ -8,6 +8,7 @@
 - SlowProxy: an HTTP proxy in front of another server that sends each body in two halves
   with a pause between them, and logs the requests.
 """
+
 import http.client
 import logging
 import re
@@ -30,8 +31,9 @@ class _Server:
         self.httpd = ThreadingHTTPServer((LOOPBACK, 0), self.handler)
         self.httpd.daemon_threads = True
         self.httpd.owner = self
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self):
@@ -53,6 +55,7 @@ class _Server:
 
 class _QuietHandler(BaseHTTPRequestHandler):
     """HTTP/1.1, no request log on stderr, HEAD answered like GET without a body."""
+
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
@@ -98,10 +101,10 @@ class _FileHandler(_QuietHandler):
             return
         payload = data[start:]
         if cut:  # send the first cut[0] bytes of this response, then drop the connection
-            payload = payload[:cut[0]]
+            payload = payload[: cut[0]]
             self.close_connection = True
         for offset in range(0, len(payload), server.chunk):
-            self.wfile.write(payload[offset:offset + server.chunk])
+            self.wfile.write(payload[offset : offset + server.chunk])
             self.wfile.flush()
             if server.delay:
                 time.sleep(server.delay)
@@ -110,6 +113,7 @@ class _FileHandler(_QuietHandler):
 class FileServer(_Server):
     """Serves `files` ({url path: bytes}). `cut[path] = (nbytes, times)` ends the next
     `times` responses for path after nbytes of body; `delay` pauses after each `chunk`."""
+
     handler = _FileHandler
 
     def __init__(self, files=None, delay=0.0, chunk=64 * 1024):
@@ -127,18 +131,29 @@ class _ProxyHandler(_QuietHandler):
             proxy.log.append((self.command, urlsplit(self.path).path, self.headers.get("Range")))
         target = urlsplit(proxy.target)
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")
+        }
         conn.request(self.command, self.path, headers=headers)
         response = conn.getresponse()
         data = response.read()
         conn.close()
         self.send_response(response.status)
         for key, value in response.getheaders():
-            if key.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length", "server",
-                                   "date"):
+            if key.lower() not in (
+                "connection",
+                "keep-alive",
+                "transfer-encoding",
+                "content-length",
+                "server",
+                "date",
+            ):
                 self.send_header(key, value)
         # a HEAD answer carries the length of the body it leaves out
-        self.send_header("Content-Length", response.getheader("Content-Length", "0") if not body else str(len(data)))
+        self.send_header(
+            "Content-Length",
+            response.getheader("Content-Length", "0") if not body else str(len(data)),
+        )
         self.end_headers()
         if body and data:
             half = len(data) // 2
@@ -170,8 +185,13 @@ class S3Server:
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.url = f"http://{host}:{port}"
-        self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                                   aws_access_key_id="loopback", aws_secret_access_key="loopback")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="loopback",
+            aws_secret_access_key="loopback",
+        )
         return self
 
     def __exit__(self, *exc):
@@ -183,6 +203,12 @@ class S3Server:
 
         self.client.create_bucket(Bucket=name)
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda item: self.client.put_object(Bucket=name, Key=item[0], Body=item[1],
-                                                              ACL="public-read"), objects.items()))
+            list(
+                pool.map(
+                    lambda item: self.client.put_object(
+                        Bucket=name, Key=item[0], Body=item[1], ACL="public-read"
+                    ),
+                    objects.items(),
+                )
+            )
         return name

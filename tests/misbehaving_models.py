@@ -8,11 +8,11 @@ it misbehaves, it answers like a model of the official contract. When it raises 
 it first appends the time to the file MISBEHAVIOUR_LOG names, so that a test can measure
 how long the run took to stop.
 """
+
 import itertools
 import os
 import threading
 import time
-from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -21,12 +21,19 @@ MESSAGE = "misbehaving model: deliberate failure"
 CALLS = itertools.count(1)  # in this process
 
 
-def detections(image: Tensor) -> Dict[str, Tensor]:
+def detections(image: Tensor) -> dict[str, Tensor]:
     """Ten boxes xyxy in the 800 frame, scores sorted descending, labels 0..9: all read off
     the pixels, so that they change with the image and with the precision."""
     values = image.float().mean(dim=0)[::80, ::80].flatten()[:40]
-    boxes = torch.stack([values[:10] * 300, values[10:20] * 300,
-                         400 + values[20:30] * 300, 400 + values[30:40] * 300], dim=1)
+    boxes = torch.stack(
+        [
+            values[:10] * 300,
+            values[10:20] * 300,
+            400 + values[20:30] * 300,
+            400 + values[30:40] * 300,
+        ],
+        dim=1,
+    )
     scores = torch.sort(0.1 + 0.9 * values[:10], descending=True)[0]
     return {"boxes": boxes, "scores": scores, "labels": torch.arange(10)}
 
@@ -37,7 +44,7 @@ class Detector(nn.Module):
         self.misbehave_on = misbehave_on
         self.how = how
 
-    def forward(self, images: Tensor) -> List[Dict[str, Tensor]]:
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
         call = next(CALLS)
         if call == self.misbehave_on:
             with open(os.environ["MISBEHAVIOUR_LOG"], "a") as log:
@@ -55,12 +62,17 @@ class Detector(nn.Module):
 class Bf16Detector(nn.Module):
     """Returns its boxes and scores in bfloat16, whatever the run's precision."""
 
-    def forward(self, images: Tensor) -> List[Dict[str, Tensor]]:
-        outputs: List[Dict[str, Tensor]] = []
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
+        outputs: list[dict[str, Tensor]] = []
         for image in images:
             found = detections(image)
-            outputs.append({"boxes": found["boxes"].to(torch.bfloat16),
-                            "scores": found["scores"].to(torch.bfloat16), "labels": found["labels"]})
+            outputs.append(
+                {
+                    "boxes": found["boxes"].to(torch.bfloat16),
+                    "scores": found["scores"].to(torch.bfloat16),
+                    "labels": found["labels"],
+                }
+            )
         return outputs
 
 

@@ -1,4 +1,5 @@
 """The generated dataset: the downloader's layout and format, the real classes, determinism."""
+
 import hashlib
 import json
 
@@ -11,8 +12,11 @@ from retinanet.demo_data import generate
 
 
 def digest_tree(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes(upstream, tmp_path):
@@ -29,7 +33,9 @@ def test_layout_format_and_classes(upstream, demo):
     assert set(coco) == {"info", "licenses", "categories", "images", "annotations"}
     assert [c["name"] for c in coco["categories"]] == mlperf_classes()
     assert [c["id"] for c in coco["categories"]] == list(range(264))
-    assert coco["categories"][0]["name"] == "Airplane" and coco["categories"][-1]["name"] == "Zucchini"
+    assert (
+        coco["categories"][0]["name"] == "Airplane" and coco["categories"][-1]["name"] == "Zucchini"
+    )
 
     images = coco["images"]
     assert [i["id"] for i in images] == list(range(1, len(images) + 1))
@@ -41,15 +47,21 @@ def test_layout_format_and_classes(upstream, demo):
         shapes.add("portrait" if image["height"] > image["width"] else "landscape")
         assert (image["width"], image["height"]) != (800, 800)
     assert shapes == {"portrait", "landscape"}
-    assert min(i["width"] * i["height"] for i in images) < 300 * 300 < 1200 * 1200 < max(
-        i["width"] * i["height"] for i in images)
+    assert (
+        min(i["width"] * i["height"] for i in images)
+        < 300 * 300
+        < 1200 * 1200
+        < max(i["width"] * i["height"] for i in images)
+    )
 
     per_image = {i["id"]: 0 for i in images}
     for ann in coco["annotations"]:
         per_image[ann["image_id"]] += 1
         x, y, w, h = ann["bbox"]
         image = images[ann["image_id"] - 1]
-        assert 0 <= x and 0 <= y and x + w <= image["width"] + 1e-6 and y + h <= image["height"] + 1e-6
+        assert (
+            0 <= x and 0 <= y and x + w <= image["width"] + 1e-6 and y + h <= image["height"] + 1e-6
+        )
         assert ann["area"] == w * h and ann["iscrowd"] == ann["IsGroupOf"] in (0, 1)
     assert 0 in per_image.values() and max(per_image.values()) >= 20
     assert any(ann["iscrowd"] for ann in coco["annotations"])

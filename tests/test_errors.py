@@ -1,14 +1,14 @@
 """Bad input stops a run with one clear line before the harness starts, and nothing of the
 user's is deleted or overwritten."""
+
 import shutil
 import subprocess
 
 import pytest
 import torch
+from conftest import DEMO_USER_CONF, make
 
 from retinanet import patch_series
-
-from conftest import DEMO_USER_CONF, make
 
 N = len(patch_series.series())  # patches in the series
 
@@ -21,7 +21,9 @@ def earlier_results(tmp_path):
     (earlier / "run.json").write_text('{"status": "completed"}\n')
     yield earlier
     assert (earlier / "run.json").read_text() == '{"status": "completed"}\n'
-    assert sorted(p.name for p in earlier.parent.iterdir()) == [earlier.name], "a failed check made a run folder"
+    assert sorted(p.name for p in earlier.parent.iterdir()) == [earlier.name], (
+        "a failed check made a run folder"
+    )
 
 
 def error_line(proc):
@@ -31,20 +33,27 @@ def error_line(proc):
 
 
 def fails(run, *settings, data=None, model=None, demo=None, target="eval"):
-    proc, run_dir = run(target, data or demo["data"], model or demo["models"]["oracle"], *settings, check=False)
+    proc, run_dir = run(
+        target, data or demo["data"], model or demo["models"]["oracle"], *settings, check=False
+    )
     assert proc.returncode != 0 and run_dir is None
     return error_line(proc)
 
 
 def test_missing_data_dir(run, demo, tmp_path, earlier_results):
     line = fails(run, data=tmp_path / "nowhere", demo=demo)
-    assert line.endswith(f"DATA_DIR={tmp_path / 'nowhere'} does not exist: point it at the folder "
-                         "'make dataset DIR=...' wrote")
+    assert line.endswith(
+        f"DATA_DIR={tmp_path / 'nowhere'} does not exist: point it at the folder "
+        "'make dataset DIR=...' wrote"
+    )
 
 
 def test_data_dir_at_the_image_folder_points_to_its_root(run, demo, earlier_results):
     line = fails(run, data=demo["data"] / "validation" / "data", demo=demo)
-    assert f"has no annotations/openimages-mlperf.json: point DATA_DIR at its dataset root, DATA_DIR={demo['data']}" in line
+    assert (
+        f"has no annotations/openimages-mlperf.json: point DATA_DIR at its dataset root, DATA_DIR={demo['data']}"
+        in line
+    )
 
 
 def test_missing_image_is_named(run, demo, tmp_path, earlier_results):
@@ -53,8 +62,10 @@ def test_missing_image_is_named(run, demo, tmp_path, earlier_results):
     victim = sorted((data / "validation" / "data").iterdir())[3]
     victim.unlink()
     line = fails(run, data=data, demo=demo)
-    assert line.endswith(f"1 of 12 images are missing from {data / 'validation' / 'data'}, first {victim.name}: "
-                         "rerun 'make dataset' to fetch them")
+    assert line.endswith(
+        f"1 of 12 images are missing from {data / 'validation' / 'data'}, first {victim.name}: "
+        "rerun 'make dataset' to fetch them"
+    )
 
 
 def test_missing_model(run, demo, tmp_path, earlier_results):
@@ -66,18 +77,26 @@ def test_model_that_is_not_torchscript(run, demo, tmp_path, earlier_results):
     half = tmp_path / "resnext50_32x4d_fpn.pth"
     half.write_bytes(demo["models"]["oracle"].read_bytes()[:5000])
     line = fails(run, model=half, demo=demo)
-    assert line.endswith(f"MODEL={half} is not a TorchScript archive (a .pth zip file): is the download complete?")
+    assert line.endswith(
+        f"MODEL={half} is not a TorchScript archive (a .pth zip file): is the download complete?"
+    )
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("SCENARIO=Batch", "SCENARIO=Batch is not one of: Offline, Server, SingleStream, MultiStream"),
-    ("DEVICE=tpu", "DEVICE=tpu is not one of: auto, cpu, gpu"),
-    ("COUNT=ten", "COUNT=ten is not a whole number, 1 or more"),
-    ("WARMUP=-1", "WARMUP=-1 is not a whole number, 0 or more"),
-    ("IMAGE_CACHE=auto", "IMAGE_CACHE=auto is not one of: none, uint8, float32"),
-    ("QPS=0", "QPS=0 is not a number above 0"),
-    ("STALL_TIMEOUT=soon", "STALL_TIMEOUT=soon is not a number above 0"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            "SCENARIO=Batch",
+            "SCENARIO=Batch is not one of: Offline, Server, SingleStream, MultiStream",
+        ),
+        ("DEVICE=tpu", "DEVICE=tpu is not one of: auto, cpu, gpu"),
+        ("COUNT=ten", "COUNT=ten is not a whole number, 1 or more"),
+        ("WARMUP=-1", "WARMUP=-1 is not a whole number, 0 or more"),
+        ("IMAGE_CACHE=auto", "IMAGE_CACHE=auto is not one of: none, uint8, float32"),
+        ("QPS=0", "QPS=0 is not a number above 0"),
+        ("STALL_TIMEOUT=soon", "STALL_TIMEOUT=soon is not a number above 0"),
+    ],
+)
 def test_unknown_settings(run, demo, setting, message, earlier_results):
     line = fails(run, setting, demo=demo, target="perf")
     assert line.endswith(message)
@@ -88,30 +107,54 @@ def test_gpu_asked_for_without_one(run, demo, earlier_results):
     proc, _ = run("eval", demo["data"], demo["models"]["oracle"], "DEVICE=gpu", check=False)
     assert proc.returncode != 0
     line = error_line(proc)
-    assert "DEVICE=gpu but torch" in line and "sees no CUDA GPU" in line and "or run with DEVICE=cpu" in line
+    assert (
+        "DEVICE=gpu but torch" in line
+        and "sees no CUDA GPU" in line
+        and "or run with DEVICE=cpu" in line
+    )
 
 
 def test_half_applied_series_stops_the_run(project_copy, demo, tmp_path, earlier_results):
     upstream = project_copy / "vendor" / "inference"
     first = sorted((project_copy / "patches").glob("*.patch"))[0]
     subprocess.run(["git", "apply", "--index", str(first)], cwd=upstream, check=True)
-    proc = make("eval", f"DATA_DIR={demo['data']}", f"MODEL={demo['models']['oracle']}",
-                f"RESULTS_DIR={tmp_path / 'results'}", check=False, cwd=project_copy)
+    proc = make(
+        "eval",
+        f"DATA_DIR={demo['data']}",
+        f"MODEL={demo['models']['oracle']}",
+        f"RESULTS_DIR={tmp_path / 'results'}",
+        check=False,
+        cwd=project_copy,
+    )
     assert proc.returncode != 0
     assert error_line(proc).endswith(
-        f"holds 1 of the {N} patches (next: 0002-images-in-validation-data.patch); run 'make patch'")
+        f"holds 1 of the {N} patches (next: 0002-images-in-validation-data.patch); run 'make patch'"
+    )
 
 
-@pytest.mark.parametrize("line, message", [
-    ("this is = not *.a.conf", " is not 'model.scenario.key = value' with spaces around '=': LoadGen would ignore it"),
-    ("*.Offline.min_duration=0", " is not 'model.scenario.key = value' with spaces around '=': LoadGen would ignore it"),
-    ("*.Offline.min_duraton = 0", ": LoadGen has no setting 'min_duraton' and would ignore it"),
-    ("retinanet.Batch.min_duration = 0", ": 'retinanet.Batch.min_duration' is not model.scenario.key with a scenario "
-                                         "of Offline, Server, SingleStream, MultiStream or *"),
-    ("*.Offline.target_qps = fast", ": the value 'fast' is not a number"),
-])
-def test_a_user_conf_line_loadgen_would_not_take_is_refused_by_number(run, demo, tmp_path, earlier_results, line,
-                                                                        message):
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            "this is = not *.a.conf",
+            " is not 'model.scenario.key = value' with spaces around '=': LoadGen would ignore it",
+        ),
+        (
+            "*.Offline.min_duration=0",
+            " is not 'model.scenario.key = value' with spaces around '=': LoadGen would ignore it",
+        ),
+        ("*.Offline.min_duraton = 0", ": LoadGen has no setting 'min_duraton' and would ignore it"),
+        (
+            "retinanet.Batch.min_duration = 0",
+            ": 'retinanet.Batch.min_duration' is not model.scenario.key with a scenario "
+            "of Offline, Server, SingleStream, MultiStream or *",
+        ),
+        ("*.Offline.target_qps = fast", ": the value 'fast' is not a number"),
+    ],
+)
+def test_a_user_conf_line_loadgen_would_not_take_is_refused_by_number(
+    run, demo, tmp_path, earlier_results, line, message
+):
     conf = tmp_path / "user.conf"
     conf.write_text(DEMO_USER_CONF.read_text() + "\n# below: a mistake\n" + line + "\n")
     number = len(conf.read_text().splitlines())

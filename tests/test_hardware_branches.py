@@ -2,19 +2,19 @@
 forced on a CPU (native where the CPU has it, emulated and slow where not: one image),
 channels_last and a frozen graph, half-precision outputs reaching LoadGen as float32, and
 the GPU where there is one. The CPU's own default branch runs in test_runs.py."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
-
-from retinanet import harness
-from retinanet.settings import native_bf16
-from retinanet.accuracy_guard import agreement
-from retinanet.demo_models import save_torchscript
-
 from conftest import DEMO_USER_CONF, TESTS
 from misbehaving_models import Bf16Detector
+
+from retinanet import harness
+from retinanet.accuracy_guard import agreement
+from retinanet.demo_models import save_torchscript
+from retinanet.settings import native_bf16
 
 ONE_IMAGE = ("COUNT=1", "WARMUP=0", "BATCH_SIZE=1", "THREADS=1")
 
@@ -22,7 +22,10 @@ ONE_IMAGE = ("COUNT=1", "WARMUP=0", "BATCH_SIZE=1", "THREADS=1")
 def detections_in(run_dir):
     """Per sample index, the float32 rows [id, ymin, xmin, ymax, xmax, score, label] LoadGen logged."""
     log = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
-    return {entry["qsl_idx"]: np.frombuffer(bytes.fromhex(entry["data"]), np.float32).reshape(-1, 7) for entry in log}
+    return {
+        entry["qsl_idx"]: np.frombuffer(bytes.fromhex(entry["data"]), np.float32).reshape(-1, 7)
+        for entry in log
+    }
 
 
 def completed(run_dir):
@@ -47,26 +50,56 @@ def test_bf16_on_the_cpu_through_eval_and_perf(run, demo):
     native = native_bf16()
     print(f"\nbf16 on this CPU is {'native' if native else 'emulated (slow): one image'}")
     model = demo["models"]["random-weights"]
-    proc, run_dir = run("eval", demo["data"], model, "PRECISION=bf16", "CHANNELS_LAST=1", "GUARD_IMAGES=1",
-                        *ONE_IMAGE)
+    proc, run_dir = run(
+        "eval",
+        demo["data"],
+        model,
+        "PRECISION=bf16",
+        "CHANNELS_LAST=1",
+        "GUARD_IMAGES=1",
+        *ONE_IMAGE,
+    )
     record = completed(run_dir)
     assert record["settings"]["precision"] == "bf16" and record["settings"]["channels_last"] == "1"
     plausible(detections_in(run_dir)[0])
     guard = json.loads((run_dir / "guard.json").read_text())
     assert guard["setting"]["precision"] == "bf16" and guard["reference_detections"] > 0
     assert "accuracy guard, bf16+channels_last against fp32 on 1 images" in proc.stdout
-    proc, run_dir = run("perf", demo["data"], model, "PRECISION=bf16", f"USER_CONF={DEMO_USER_CONF}",
-                        "CHECK_IMAGES=0", *ONE_IMAGE)
+    proc, run_dir = run(
+        "perf",
+        demo["data"],
+        model,
+        "PRECISION=bf16",
+        f"USER_CONF={DEMO_USER_CONF}",
+        "CHECK_IMAGES=0",
+        *ONE_IMAGE,
+    )
     assert completed(run_dir)["settings"]["precision"] == "bf16"
     assert "Result is : VALID" in proc.stdout
 
 
 def test_channels_last_and_freeze_give_the_plain_fp32_detections(run, demo):
     model = demo["models"]["random-weights"]
-    _, plain = run("eval", demo["data"], model, "PRECISION=fp32", "CHANNELS_LAST=0", "FREEZE=0", "CHECK_IMAGES=0",
-                   *ONE_IMAGE)
-    _, fast = run("eval", demo["data"], model, "PRECISION=fp32", "CHANNELS_LAST=1", "FREEZE=1", "CHECK_IMAGES=0",
-                  *ONE_IMAGE)
+    _, plain = run(
+        "eval",
+        demo["data"],
+        model,
+        "PRECISION=fp32",
+        "CHANNELS_LAST=0",
+        "FREEZE=0",
+        "CHECK_IMAGES=0",
+        *ONE_IMAGE,
+    )
+    _, fast = run(
+        "eval",
+        demo["data"],
+        model,
+        "PRECISION=fp32",
+        "CHANNELS_LAST=1",
+        "FREEZE=1",
+        "CHECK_IMAGES=0",
+        *ONE_IMAGE,
+    )
     settings = completed(fast)["settings"]
     assert settings["channels_last"] == "1" and settings["freeze"] == "1"
     expected, found = detections_in(plain)[0], detections_in(fast)[0]
@@ -79,16 +112,30 @@ def test_channels_last_and_freeze_give_the_plain_fp32_detections(run, demo):
 
 
 @pytest.mark.parametrize("form", ["torchscript", "factory"])
-def test_half_precision_outputs_reach_loadgen_as_their_float32_values(run, demo, weightless, tmp_path, form):
+def test_half_precision_outputs_reach_loadgen_as_their_float32_values(
+    run, demo, weightless, tmp_path, form
+):
     """A model that returns bfloat16 whatever the run's precision: the accuracy log holds
     exactly its outputs cast to float32, and the accuracy guard reads them too."""
     if form == "torchscript":
         model, settings = save_torchscript(Bf16Detector(), tmp_path / "bf16.pth"), ()
     else:
-        model, settings = weightless, ("MODEL_FACTORY=misbehaving_models:bf16_outputs", f"PYTHONPATH={TESTS}")
+        model, settings = (
+            weightless,
+            ("MODEL_FACTORY=misbehaving_models:bf16_outputs", f"PYTHONPATH={TESTS}"),
+        )
     # CHANNELS_LAST=0: the model's input then has the memory layout it has here
-    proc, run_dir = run("eval", demo["data"], model, "PRECISION=bf16", "CHANNELS_LAST=0", "GUARD_IMAGES=2",
-                        "COUNT=2", "WARMUP=0", *settings)
+    proc, run_dir = run(
+        "eval",
+        demo["data"],
+        model,
+        "PRECISION=bf16",
+        "CHANNELS_LAST=0",
+        "GUARD_IMAGES=2",
+        "COUNT=2",
+        "WARMUP=0",
+        *settings,
+    )
     completed(run_dir)
     assert json.loads((run_dir / "guard.json").read_text())["agreement"] == 1.0
 
@@ -99,21 +146,35 @@ def test_half_precision_outputs_reach_loadgen_as_their_float32_values(run, demo,
         assert output["boxes"].dtype == torch.bfloat16
         boxes, scores = output["boxes"].float().numpy(), output["scores"].float().numpy()
         size = np.float32(800)
-        expected = np.column_stack([np.full(10, index, np.float32), boxes[:, 1] / size, boxes[:, 0] / size,
-                                    boxes[:, 3] / size, boxes[:, 2] / size, scores,
-                                    output["labels"].numpy().astype(np.float32)])
+        expected = np.column_stack(
+            [
+                np.full(10, index, np.float32),
+                boxes[:, 1] / size,
+                boxes[:, 0] / size,
+                boxes[:, 3] / size,
+                boxes[:, 2] / size,
+                scores,
+                output["labels"].numpy().astype(np.float32),
+            ]
+        )
         assert np.array_equal(logged[index], expected), (logged[index][:3], expected[:3])
 
 
 def test_gpu_in_fp16(run, demo):
     if not torch.cuda.is_available():
-        reason = f"no CUDA GPU here (torch {torch.__version__}): the GPU branch runs where there is one"
+        reason = (
+            f"no CUDA GPU here (torch {torch.__version__}): the GPU branch runs where there is one"
+        )
         print(f"\nSKIP: {reason}")
         pytest.skip(reason)
     model = demo["models"]["random-weights"]
-    proc, run_dir = run("eval", demo["data"], model, "PRECISION=fp16", "GUARD_IMAGES=1", "COUNT=2", device="gpu")
+    proc, run_dir = run(
+        "eval", demo["data"], model, "PRECISION=fp16", "GUARD_IMAGES=1", "COUNT=2", device="gpu"
+    )
     assert completed(run_dir)["settings"]["precision"] == "fp16"
     plausible(detections_in(run_dir)[0])
-    proc, run_dir = run("perf", demo["data"], model, f"USER_CONF={DEMO_USER_CONF}", "COUNT=2", device="gpu")
+    proc, run_dir = run(
+        "perf", demo["data"], model, f"USER_CONF={DEMO_USER_CONF}", "COUNT=2", device="gpu"
+    )
     assert completed(run_dir)["settings"]["precision"] == "fp16"
     assert "Result is : VALID" in proc.stdout

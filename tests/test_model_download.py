@@ -3,6 +3,7 @@ for zenodo: success, resume after a cut connection, a wrong checksum refused, a 
 kept, a foreign file never overwritten, and a clean disk after a failure. The official
 MD5 cannot be matched by test bytes, so success runs pass the test file's MD5 (--md5)
 and the refusal runs use the official one, as make model does."""
+
 import hashlib
 import json
 import os
@@ -11,13 +12,12 @@ import sys
 
 import numpy as np
 import pytest
-
-from retinanet import PROJECT_ROOT
-from retinanet import OFFICIAL_MODELS as OFFICIAL
-from retinanet.download_model import cached_md5
-
 from conftest import make
 from loopback import FileServer
+
+from retinanet import OFFICIAL_MODELS as OFFICIAL
+from retinanet import PROJECT_ROOT
+from retinanet.download_model import cached_md5
 
 PTH = "/record/6617981/files/resnext50_32x4d_fpn.pth"
 SIZE = 3 * 1024 * 1024 + 12345
@@ -33,8 +33,21 @@ def md5(data):
 
 
 def download(directory, server, *args):
-    return subprocess.run([sys.executable, "-m", "retinanet.download_model", "--dir", str(directory),
-                           "--base-url", server.url, *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "retinanet.download_model",
+            "--dir",
+            str(directory),
+            "--base-url",
+            server.url,
+            *args,
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_download_checks_md5_and_renames(model_bytes, tmp_path):
@@ -43,10 +56,14 @@ def test_download_checks_md5_and_renames(model_bytes, tmp_path):
     assert proc.returncode == 0, proc.stderr
     final = tmp_path / "models" / "resnext50_32x4d_fpn.pth"
     assert final.read_bytes() == model_bytes
-    assert sorted(p.name for p in final.parent.iterdir()) == ["resnext50_32x4d_fpn.pth",
-                                                             "resnext50_32x4d_fpn.pth.md5.json"]
+    assert sorted(p.name for p in final.parent.iterdir()) == [
+        "resnext50_32x4d_fpn.pth",
+        "resnext50_32x4d_fpn.pth.md5.json",
+    ]
     assert f"MD5 {md5(model_bytes)} (expected)" in proc.stdout
-    assert json.loads((final.parent / "resnext50_32x4d_fpn.pth.md5.json").read_text())["md5"] == md5(model_bytes)
+    assert json.loads((final.parent / "resnext50_32x4d_fpn.pth.md5.json").read_text())[
+        "md5"
+    ] == md5(model_bytes)
 
 
 def test_cut_connection_is_resumed_in_the_same_run(model_bytes, tmp_path):
@@ -67,8 +84,9 @@ def test_connection_that_keeps_breaking_leaves_a_part_the_next_run_resumes(model
         assert proc.returncode == 1
         assert proc.stderr.splitlines()[-1] == (
             f"download_model: error: the connection to {server.url}{PTH} broke 3 times; 1.6 of 3.2 MB are kept "
-            f"in {part}: run again to resume")
-        assert part.read_bytes() == model_bytes[:3 * 512 * 1024]
+            f"in {part}: run again to resume"
+        )
+        assert part.read_bytes() == model_bytes[: 3 * 512 * 1024]
         assert not (tmp_path / "resnext50_32x4d_fpn.pth").exists()
 
         proc = download(tmp_path, server, "--md5", md5(model_bytes))
@@ -83,17 +101,27 @@ def test_wrong_checksum_is_refused_and_the_disk_left_clean(model_bytes, tmp_path
         proc = make("model", f"DIR={target}", f"ZENODO_URL={server.url}", check=False)
     assert proc.returncode != 0
     official = OFFICIAL["pytorch"]["md5"]
-    assert f"download_model: error: the 3.2 MB from {server.url}{PTH} have MD5 {md5(model_bytes)}, not the " \
-           f"official {official}: deleted. Run again; if it happens again the server sends another file " \
-           "(check ZENODO_URL)" in proc.stdout
+    assert (
+        f"download_model: error: the 3.2 MB from {server.url}{PTH} have MD5 {md5(model_bytes)}, not the "
+        f"official {official}: deleted. Run again; if it happens again the server sends another file "
+        "(check ZENODO_URL)" in proc.stdout
+    )
     assert not target.exists(), "a failed download left files behind"
 
 
 def test_missing_file_on_the_server_leaves_nothing(tmp_path):
     with FileServer({}) as server:
-        proc = make("model", f"DIR={tmp_path / 'models'}", "FORMAT=onnx", f"ZENODO_URL={server.url}", check=False)
-    assert f"download_model: error: {server.url}/record/6617879/files/resnext50_32x4d_fpn.onnx answered HTTP 404 " \
-           "Not Found: check FORMAT and ZENODO_URL" in proc.stdout
+        proc = make(
+            "model",
+            f"DIR={tmp_path / 'models'}",
+            "FORMAT=onnx",
+            f"ZENODO_URL={server.url}",
+            check=False,
+        )
+    assert (
+        f"download_model: error: {server.url}/record/6617879/files/resnext50_32x4d_fpn.onnx answered HTTP 404 "
+        "Not Found: check FORMAT and ZENODO_URL" in proc.stdout
+    )
     assert not (tmp_path / "models").exists()
 
 
@@ -113,9 +141,11 @@ def test_existing_other_file_is_refused_and_left_as_it_is(model_bytes, tmp_path)
     with FileServer({PTH: model_bytes}) as server:
         proc = make("model", f"DIR={tmp_path}", f"ZENODO_URL={server.url}", check=False)
     assert proc.returncode != 0 and server.log == []
-    assert f"download_model: error: {final} exists but its MD5 is {md5(b'my own model')}, not the official " \
-           f"{OFFICIAL['pytorch']['md5']}: it is left as it is; move it away, then run 'make model' again" \
-           in proc.stdout
+    assert (
+        f"download_model: error: {final} exists but its MD5 is {md5(b'my own model')}, not the official "
+        f"{OFFICIAL['pytorch']['md5']}: it is left as it is; move it away, then run 'make model' again"
+        in proc.stdout
+    )
     assert final.read_bytes() == b"my own model"
 
 
@@ -126,7 +156,9 @@ def test_model_md5_is_cached_by_size_and_mtime(tmp_path):
     assert first == md5(b"a" * 1000)
     cache = tmp_path / "model.pth.md5.json"
     record = json.loads(cache.read_text())
-    cache.write_text(json.dumps({**record, "md5": "0" * 32}))  # a cache hit returns what the cache says
+    cache.write_text(
+        json.dumps({**record, "md5": "0" * 32})
+    )  # a cache hit returns what the cache says
     assert cached_md5(model) == "0" * 32
     model.write_bytes(b"b" * 1000)  # same size, new mtime: hashed again
     os.utime(model, ns=(record["mtime_ns"] + 10**9, record["mtime_ns"] + 10**9))

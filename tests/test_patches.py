@@ -1,22 +1,26 @@
 """The patch series against the real pinned upstream: lint, apply, idempotence, half-applied
 series, local edits, and a patch that no longer applies."""
+
 import shutil
 import subprocess
 import sys
 
 import pytest
+from conftest import git_state, make
 
 from retinanet import patch_series
 from retinanet.patch_series import PatchError
-
-from conftest import git_state, make
 
 N = len(patch_series.series())  # patches in the series
 
 
 def run_series(project, action):
-    return subprocess.run([sys.executable, "-m", "retinanet.patch_series", action], cwd=project,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "retinanet.patch_series", action],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_make_check_patches_passes(upstream):
@@ -50,13 +54,18 @@ def test_patch_that_no_longer_applies_is_named_with_its_file(upstream, tmp_path)
     for patch in patches:
         shutil.copy(patch, tmp_path / patch.name)
     broken = tmp_path / patches[1].name
-    broken.write_text(broken.read_text().replace("        self.use_label_map = use_label_map\n",
-                                                 "        self.use_label_map = label_map_in_use\n"))
+    broken.write_text(
+        broken.read_text().replace(
+            "        self.use_label_map = use_label_map\n",
+            "        self.use_label_map = label_map_in_use\n",
+        )
+    )
     with pytest.raises(PatchError) as error:
         patch_series.check(upstream, patch_series.series(tmp_path))
     assert str(error.value).startswith(
         f"{patches[1].name} does not apply to 6776245e99dc: "
-        "vision/classification_and_detection/python/openimages.py")
+        "vision/classification_and_detection/python/openimages.py"
+    )
 
 
 def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
@@ -86,7 +95,10 @@ def test_half_applied_series_is_reported_then_finished(project_copy):
 
     verify = run_series(project_copy, "verify")
     assert verify.returncode == 1
-    assert f"holds 2 of the {N} patches (next: 0003-map-zero-without-detections.patch); run 'make patch'" in verify.stderr
+    assert (
+        f"holds 2 of the {N} patches (next: 0003-map-zero-without-detections.patch); run 'make patch'"
+        in verify.stderr
+    )
 
     finish = run_series(project_copy, "apply")
     assert finish.returncode == 0
@@ -103,8 +115,10 @@ def test_local_edits_are_refused_and_kept(project_copy):
     for action in ("apply", "revert"):
         proc = run_series(project_copy, action)
         assert proc.returncode == 1
-        assert "has local edits that are not the patch series (vision/classification_and_detection/run_local.sh)" \
+        assert (
+            "has local edits that are not the patch series (vision/classification_and_detection/run_local.sh)"
             in proc.stderr
+        )
     assert git_state(upstream) == before
     assert edited.read_text().endswith("# my tuning\n")
 

@@ -1,18 +1,18 @@
 """End to end through the real harness, real LoadGen and the real accuracy tool: the oracle
 proves the coordinate pipeline, negative controls prove the test can fail, and the
 real-architecture model runs both modes."""
+
 import json
 import re
 
 import numpy as np
 import pytest
+from conftest import DEMO_USER_CONF
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from retinanet import ANNOTATIONS
 from retinanet.demo_models import oracle_detections
-
-from conftest import DEMO_USER_CONF
 
 
 def harness_map(run_dir):
@@ -22,7 +22,9 @@ def harness_map(run_dir):
 
 def tool_map(run_dir):
     """mAP in percent as tools/accuracy-openimages.py prints it (3 decimals)."""
-    return float(re.search(r"^mAP=([0-9.]+)%$", (run_dir / "accuracy.txt").read_text(), re.M).group(1))
+    return float(
+        re.search(r"^mAP=([0-9.]+)%$", (run_dir / "accuracy.txt").read_text(), re.M).group(1)
+    )
 
 
 def accuracy_run(run, demo, model, *settings):
@@ -35,7 +37,9 @@ def test_oracle_scores_100_in_harness_and_accuracy_tool(run, demo):
     proc, run_dir = accuracy_run(run, demo, "oracle")
     assert harness_map(run_dir) == pytest.approx(100.0, abs=1e-9)
     assert tool_map(run_dir) == 100.0
-    assert "mAP 100.000% on 12 images: meets the MLPerf target 37.1745% (99% of 37.55%)" in proc.stdout
+    assert (
+        "mAP 100.000% on 12 images: meets the MLPerf target 37.1745% (99% of 37.55%)" in proc.stdout
+    )
     assert run_dir.parent.name == "results" and run_dir.name.endswith("-accuracy-Offline-cpu")
 
 
@@ -58,8 +62,14 @@ def test_perturbed_oracle_matches_pycocotools_directly(run, demo):
         sx, sy = image["width"] / 800, image["height"] / 800
         for box, score, label in dets:
             x0, y0, x1, y1 = np.float32(box)  # the model's output precision
-            detections.append({"image_id": image["id"], "category_id": label, "score": float(np.float32(score)),
-                               "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy]})
+            detections.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": label,
+                    "score": float(np.float32(score)),
+                    "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy],
+                }
+            )
     truth = COCO(str(demo["data"] / ANNOTATIONS))
     evaluation = COCOeval(truth, truth.loadRes(detections), iouType="bbox")
     evaluation.params.imgIds = [image["id"] for image in coco["images"]]
@@ -76,8 +86,16 @@ def test_perturbed_oracle_matches_pycocotools_directly(run, demo):
 def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run, demo):
     # WARMUP=0: an accuracy run needs no warm-up, and it costs 5 inferences of seconds each here
     # PRECISION=fp32 on every CPU; bf16 runs in test_hardware_branches.py
-    proc, run_dir = accuracy_run(run, demo, "random-weights", "COUNT=2", "BATCH_SIZE=1", "THREADS=1", "WARMUP=0",
-                                 "PRECISION=fp32")
+    proc, run_dir = accuracy_run(
+        run,
+        demo,
+        "random-weights",
+        "COUNT=2",
+        "BATCH_SIZE=1",
+        "THREADS=1",
+        "WARMUP=0",
+        "PRECISION=fp32",
+    )
     assert "--warmup 0" in proc.stdout and "INFO:main:warmup:" not in proc.stdout
     log = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
     assert sorted(entry["qsl_idx"] for entry in log) == [0, 1]
@@ -90,15 +108,30 @@ def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run,
 
 
 def test_random_weights_model_offline_performance_is_valid(run, demo):
-    proc, run_dir = run("perf", demo["data"], demo["models"]["random-weights"], "SCENARIO=Offline",
-                        "COUNT=2", "BATCH_SIZE=1", "THREADS=1", f"USER_CONF={DEMO_USER_CONF}", "WARMUP=1",
-                        "PRECISION=fp32")
+    proc, run_dir = run(
+        "perf",
+        demo["data"],
+        demo["models"]["random-weights"],
+        "SCENARIO=Offline",
+        "COUNT=2",
+        "BATCH_SIZE=1",
+        "THREADS=1",
+        f"USER_CONF={DEMO_USER_CONF}",
+        "WARMUP=1",
+        "PRECISION=fp32",
+    )
     assert re.search(r"^INFO:main:warmup: 1 inferences in [0-9.]+s$", proc.stdout, re.M)
     # the stall limit (failfast.Watchdog) derived from the warm-up: 10 x its time, at least 60 s
-    limit = re.search(r"^INFO:main:stall limit: (\d+) s: 10 x the slowest inference so far \(([0-9.]+) s per "
-                      r"image\) x batch 1 x 1 threads, at least 60 s$", proc.stdout, re.M)
+    limit = re.search(
+        r"^INFO:main:stall limit: (\d+) s: 10 x the slowest inference so far \(([0-9.]+) s per "
+        r"image\) x batch 1 x 1 threads, at least 60 s$",
+        proc.stdout,
+        re.M,
+    )
     assert limit, proc.stdout[-3000:]
-    assert abs(int(limit.group(1)) - max(60, 10 * float(limit.group(2)))) <= 1  # printed to 3 digits
+    assert (
+        abs(int(limit.group(1)) - max(60, 10 * float(limit.group(2)))) <= 1
+    )  # printed to 3 digits
     summary = (run_dir / "mlperf_log_summary.txt").read_text()
     assert "Scenario : Offline" in summary and "Mode     : PerformanceOnly" in summary
     assert "Result is : VALID" in summary
@@ -114,4 +147,6 @@ def test_each_run_gets_its_own_folder(run, demo):
     _, first = accuracy_run(run, demo, "oracle", "COUNT=3")
     _, second = accuracy_run(run, demo, "oracle", "COUNT=3")
     assert first != second and first.parent == second.parent
-    assert (first / "mlperf_log_accuracy.json").exists() and (second / "mlperf_log_accuracy.json").exists()
+    assert (first / "mlperf_log_accuracy.json").exists() and (
+        second / "mlperf_log_accuracy.json"
+    ).exists()

@@ -1,6 +1,7 @@
 """`make verify-dataset`: a dataset in the downloader's layout checked against its COCO file
 and its manifest. Each damage is made on a copy of the generated demo dataset, and each must
 be named with its file and what to do."""
+
 import json
 import os
 import shutil
@@ -10,10 +11,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from conftest import make
 
 from retinanet import ANNOTATIONS, IMAGE_DIR, PROJECT_ROOT
-
-from conftest import make
 
 MANIFEST = "validation/manifest.json"
 
@@ -42,7 +42,9 @@ def test_good_dataset_passes_and_gets_a_manifest(data):
     assert "every image present, decodable and of the recorded size" in proc.stdout
     manifest = json.loads((data / MANIFEST).read_text())
     files = sorted((data / IMAGE_DIR).iterdir())
-    assert manifest["images"] == 12 and manifest["total_bytes"] == sum(p.stat().st_size for p in files)
+    assert manifest["images"] == 12 and manifest["total_bytes"] == sum(
+        p.stat().st_size for p in files
+    )
     assert sorted(manifest["files"]) == [f"validation/data/{p.name}" for p in files]
     assert len(manifest["files"][f"validation/data/{files[0].name}"]["sha256"]) == 64
 
@@ -62,26 +64,36 @@ def test_missing_image_is_named(data):
 
 def test_truncated_and_garbled_images_are_named(data):
     truncated, garbled = image(data, 1), image(data, 3)
-    truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
+    truncated.write_bytes(truncated.read_bytes()[: len(truncated.read_bytes()) // 2])
     blob = bytearray(garbled.read_bytes())
-    blob[len(blob) // 2:len(blob) // 2 + 2000] = np.random.default_rng(0).bytes(2000)  # noise in the scan data
+    blob[len(blob) // 2 : len(blob) // 2 + 2000] = np.random.default_rng(0).bytes(
+        2000
+    )  # noise in the scan data
     garbled.write_bytes(bytes(blob))
     proc, errors = verify(data)
     assert proc.returncode != 0 and len(errors) == 2
     assert errors[0].startswith(f"error: {truncated} does not decode (image file is truncated")
     assert errors[1].startswith(f"error: {garbled} does not decode (")
-    assert all(e.endswith(f": delete it and run 'make dataset DIR={data}' to download it again") for e in errors)
+    assert all(
+        e.endswith(f": delete it and run 'make dataset DIR={data}' to download it again")
+        for e in errors
+    )
 
 
 def test_image_of_another_size_is_named(data, demo):
     victim = image(data, 0)
     record = next(i for i in demo["coco"]["images"] if i["file_name"] == victim.name)
     pixels = cv2.imread(str(victim))
-    cv2.imwrite(str(victim), cv2.resize(pixels, (record["width"] // 2, record["height"] // 2)), )
+    cv2.imwrite(
+        str(victim),
+        cv2.resize(pixels, (record["width"] // 2, record["height"] // 2)),
+    )
     proc, errors = verify(data)
-    assert errors == [f"error: {victim} is {record['width'] // 2}x{record['height'] // 2} pixels, the annotations "
-                      f"say {record['width']}x{record['height']}: delete it and run 'make dataset DIR={data}' to "
-                      "download it again"]
+    assert errors == [
+        f"error: {victim} is {record['width'] // 2}x{record['height'] // 2} pixels, the annotations "
+        f"say {record['width']}x{record['height']}: delete it and run 'make dataset DIR={data}' to "
+        "download it again"
+    ]
 
 
 def test_duplicated_ids_wrong_classes_and_wrong_count(data):
@@ -113,27 +125,40 @@ def test_changed_image_is_caught_by_the_manifest(data):
     assert verify(data)[0].returncode == 0
     victim = image(data, 5)
     pixels = cv2.imread(str(victim))
-    cv2.imwrite(str(victim), pixels, [cv2.IMWRITE_JPEG_QUALITY, 40])  # still decodes, same size, other bytes
+    cv2.imwrite(
+        str(victim), pixels, [cv2.IMWRITE_JPEG_QUALITY, 40]
+    )  # still decodes, same size, other bytes
     written = json.loads((data / MANIFEST).read_text())["written"]
     proc, errors = verify(data)
-    assert errors == [f"error: validation/data/{victim.name} changed since the manifest of {written}: delete it "
-                      f"and run the download again to restore it, or delete {data / MANIFEST} to accept it"]
-
+    assert errors == [
+        f"error: validation/data/{victim.name} changed since the manifest of {written}: delete it "
+        f"and run the download again to restore it, or delete {data / MANIFEST} to accept it"
+    ]
 
 
 def test_run_warns_when_the_dataset_differs_from_its_manifest(data, demo, tmp_path):
     assert verify(data)[0].returncode == 0
     victim = image(data, 5)
     cv2.imwrite(str(victim), cv2.imread(str(victim)), [cv2.IMWRITE_JPEG_QUALITY, 40])
-    check = subprocess.run([sys.executable, "-m", "retinanet.preflight", "accuracy"], cwd=PROJECT_ROOT,
-                           capture_output=True, text=True, env=dict(os.environ, DATA_DIR=str(data),
-                                                                    MODEL=str(demo["models"]["oracle"]), DEVICE="cpu"))
+    check = subprocess.run(
+        [sys.executable, "-m", "retinanet.preflight", "accuracy"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, DATA_DIR=str(data), MODEL=str(demo["models"]["oracle"]), DEVICE="cpu"),
+    )
     assert check.returncode == 0, check.stderr
     warnings = check.stderr.splitlines()
-    assert warnings[0].startswith(f"warning: MODEL={demo['models']['oracle']} is not the official "
-                                  "resnext50_32x4d_fpn.pth (MD5 ")
-    assert warnings[1].startswith(f"warning: 1 image in {data / IMAGE_DIR} differs from the manifest of ")
-    assert warnings[1].endswith(f"first {victim.name}: run 'make verify-dataset DIR={data}' to see what changed")
+    assert warnings[0].startswith(
+        f"warning: MODEL={demo['models']['oracle']} is not the official "
+        "resnext50_32x4d_fpn.pth (MD5 "
+    )
+    assert warnings[1].startswith(
+        f"warning: 1 image in {data / IMAGE_DIR} differs from the manifest of "
+    )
+    assert warnings[1].endswith(
+        f"first {victim.name}: run 'make verify-dataset DIR={data}' to see what changed"
+    )
 
 
 def test_removed_image_changes_the_set(data):
@@ -144,8 +169,10 @@ def test_removed_image_changes_the_set(data):
     (data / ANNOTATIONS).write_text(json.dumps(coco))
     proc, errors = verify(data, "MAX=11")
     written = json.loads((data / MANIFEST).read_text())["written"]
-    assert errors == [f"error: the dataset changed since the manifest of {written} (1 image removed, annotations "
-                      f"changed): if that is intended, delete {data / MANIFEST} and verify again"]
+    assert errors == [
+        f"error: the dataset changed since the manifest of {written} (1 image removed, annotations "
+        f"changed): if that is intended, delete {data / MANIFEST} and verify again"
+    ]
 
 
 def test_exif_rotated_photo_is_checked_at_the_size_cv2_reads(tmp_path):
