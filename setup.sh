@@ -27,6 +27,9 @@ CONDA_ENV=retinanet
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 ONNXRUNTIME=${ONNXRUNTIME:-$(nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo onnxruntime-gpu || echo onnxruntime)}
 
+# torch and torchvision at their pins in requirements.txt, for TORCH_INDEX_URL
+mapfile -t TORCH_PINS < <(grep -E '^(torch|torchvision)==' requirements.txt)
+
 say() { echo "setup: $*"; }
 die() {
   echo "setup: error: $*" >&2
@@ -53,7 +56,8 @@ step_upstream() {
     say "cloning $url into $UPSTREAM (sparse: ${SPARSE_PATHS[*]})"
     git submodule init -- "$UPSTREAM" >/dev/null 2>&1
     if ! output=$(git clone --quiet --filter=blob:none --no-checkout "$url" "$UPSTREAM" 2>&1); then
-      echo "$output" | sed 's/^/  /' >&2
+      # shellcheck disable=SC2001  # indenting every line is sed's job, not an expansion's
+      sed 's/^/  /' <<<"$output" >&2
       rm -rf "$UPSTREAM"
       die "could not clone $url. Without a network, point git at a local mirror:
   git config --global url.<mirror path>.insteadOf $url
@@ -115,8 +119,7 @@ step_env() {
       python=$VENV/bin/python
       if [ -n "$TORCH_INDEX_URL" ]; then
         say "installing torch and torchvision from $TORCH_INDEX_URL"
-        "$python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" \
-          $(grep -E '^(torch|torchvision)==' requirements.txt)
+        "$python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" "${TORCH_PINS[@]}"
       fi
       say "installing requirements.txt into $VENV (a few minutes the first time)"
       "$python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -138,8 +141,7 @@ step_env() {
       fi
       python=$(env_python)
       if [ -n "$TORCH_INDEX_URL" ]; then
-        "$python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" \
-          $(grep -E '^(torch|torchvision)==' requirements.txt)
+        "$python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" "${TORCH_PINS[@]}"
       fi
       install_onnxruntime "$python"
       echo "$want" >"${python%/bin/python}/.retinanet-requirements"

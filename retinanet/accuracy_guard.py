@@ -172,9 +172,10 @@ def main():
     )
     print(
         f"accuracy guard, {name} against fp32 on {report['images']} images: "
-        f"{100 * report['agreement']:.1f}% of {report['reference_detections']} fp32 detections reproduced "
-        f"(same label, IoU >= {MATCH_IOU}), mean |score difference| {report['mean_abs_score_difference']:.4f}; "
-        f"mAP {report['map_setting']:.3f}% vs fp32 {report['map_fp32']:.3f}% on these images"
+        f"{100 * report['agreement']:.1f}% of {report['reference_detections']} fp32 detections "
+        f"reproduced (same label, IoU >= {MATCH_IOU}), mean |score difference| "
+        f"{report['mean_abs_score_difference']:.4f}; mAP {report['map_setting']:.3f}% vs fp32 "
+        f"{report['map_fp32']:.3f}% on these images"
     )
 
 

@@ -133,8 +133,9 @@ def machine():
 
 def machine_line(facts):
     return (
-        f"machine: {facts['cpu']}, {facts['cpus']} CPUs; CPU flags: {' '.join(facts['cpu_flags']) or 'none'}"
-        f" (not: {' '.join(facts['missing_cpu_flags']) or 'none'}); native bf16: "
+        f"machine: {facts['cpu']}, {facts['cpus']} CPUs; CPU flags: "
+        f"{' '.join(facts['cpu_flags']) or 'none'} (not: "
+        f"{' '.join(facts['missing_cpu_flags']) or 'none'}); native bf16: "
         f"{'yes' if facts['native_bf16'] else 'no'}; {facts['date']}"
     )
 

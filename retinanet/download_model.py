@@ -149,7 +149,8 @@ def fetch(url, part, md5, progress=True):
                 f"{total / 1e6:.1f} MB are kept in {part}: run again to resume"
             )
         print(
-            f"download_model: the connection broke after {size / 1e6:.1f} of {total / 1e6:.1f} MB; resuming",
+            f"download_model: the connection broke after {size / 1e6:.1f} of {total / 1e6:.1f} "
+            "MB; resuming",
             file=sys.stderr,
         )
         time.sleep(RETRY_PAUSE_S)

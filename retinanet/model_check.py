@@ -53,8 +53,8 @@ def import_factory(factory):
         module = importlib.import_module(module_name)
     except Exception as error:  # any error while importing the user's module
         raise ModelProblem(
-            f"MODEL_FACTORY={factory}: cannot import {module_name} ({type(error).__name__}: {error}): "
-            "put its package in the project folder or on PYTHONPATH"
+            f"MODEL_FACTORY={factory}: cannot import {module_name} ({type(error).__name__}: "
+            f"{error}): put its package in the project folder or on PYTHONPATH"
         ) from None
     if not callable(getattr(module, function, None)):
         raise ModelProblem(f"MODEL_FACTORY={factory}: {module_name} has no function {function}")
@@ -76,7 +76,8 @@ def state_dict_of(model):
         state = state["model"]
     if not isinstance(state, dict):
         raise ModelProblem(
-            f"MODEL={model} holds a {type(state).__name__}, not a state dict or {{'model': state_dict}}"
+            f"MODEL={model} holds a {type(state).__name__}, not a state dict or "
+            f"{{'model': state_dict}}"
         )
     return state
 
@@ -145,9 +146,9 @@ def safety(model, backend, factory, trusted):
             "MODEL_FACTORY=package.module:function to the function that builds its nn.Module"
         )
     raise ModelProblem(
-        f"MODEL={model} is a full pickle, not a TorchScript archive: loading it runs any code it holds. "
-        "A state dict loads safely with MODEL_FACTORY=package.module:function; "
-        "if you trust the file, set TRUST_MODEL=1"
+        f"MODEL={model} is a full pickle, not a TorchScript archive: loading it runs any code it "
+        "holds. A state dict loads safely with MODEL_FACTORY=package.module:function; if you "
+        "trust the file, set TRUST_MODEL=1"
     )
 
 
@@ -195,7 +196,8 @@ def detections(output, backend):
             kind = (
                 type(output).__name__
                 if not isinstance(output, (list, tuple))
-                else f"{type(output).__name__} of {len(output)} {type(output[0]).__name__ if output else 'items'}"
+                else f"{type(output).__name__} of {len(output)} "
+                f"{type(output[0]).__name__ if output else 'items'}"
             )
             raise ModelProblem(
                 f"the model returns a {kind} for one image, not a list of one dict per image "
@@ -211,8 +213,8 @@ def detections(output, backend):
     n = len(scores)
     if boxes.shape != (n, 4) or labels.shape != (n,) or scores.shape != (n,):
         raise ModelProblem(
-            f"boxes {tuple(boxes.shape)}, scores {tuple(scores.shape)}, labels {tuple(labels.shape)}: "
-            "expected [N,4], [N], [N]"
+            f"boxes {tuple(boxes.shape)}, scores {tuple(scores.shape)}, labels "
+            f"{tuple(labels.shape)}: expected [N,4], [N], [N]"
         )
     return boxes.astype(np.float64), scores.astype(np.float64), labels
 
@@ -220,20 +222,26 @@ def detections(output, backend):
 def convention_problem(boxes, scores, labels, image):
     where = f"image {image}"
     if labels.dtype.kind not in "iu" and not np.all(labels == np.round(labels)):
-        return f"labels are not whole numbers ({where}: {labels[:3]}): they must be class indices 0..{NUM_CLASSES - 1}"
+        return (
+            f"labels are not whole numbers ({where}: {labels[:3]}): "
+            f"they must be class indices 0..{NUM_CLASSES - 1}"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         return (
-            f"label {int(labels.max() if labels.max() >= NUM_CLASSES else labels.min())} on {where} is outside "
-            f"0..{NUM_CLASSES - 1}: labels must be the annotation category_id (is it shifted by one, "
-            "with 0 as background?)"
+            f"label {int(labels.max() if labels.max() >= NUM_CLASSES else labels.min())} on "
+            f"{where} is outside 0..{NUM_CLASSES - 1}: labels must be the annotation category_id "
+            "(is it shifted by one, with 0 as background?)"
         )
     if len(scores) and (scores.min() < 0 or scores.max() > 1):
-        return f"scores on {where} run from {scores.min():.3g} to {scores.max():.3g}: they must be probabilities in [0,1]"
+        return (
+            f"scores on {where} run from {scores.min():.3g} to {scores.max():.3g}: "
+            "they must be probabilities in [0,1]"
+        )
     if np.any(np.diff(scores) > 1e-6):
         first = int(np.argmax(np.diff(scores) > 1e-6))
         return (
-            f"scores on {where} are not sorted descending (score {first + 1} is {scores[first + 1]:.3g} "
-            f"after {scores[first]:.3g}): sort the detections by score"
+            f"scores on {where} are not sorted descending (score {first + 1} is "
+            f"{scores[first + 1]:.3g} after {scores[first]:.3g}): sort the detections by score"
         )
     backwards = np.flatnonzero(
         (boxes[:, 2] < boxes[:, 0] - 1e-3) | (boxes[:, 3] < boxes[:, 1] - 1e-3)
@@ -246,8 +254,9 @@ def convention_problem(boxes, scores, labels, image):
         )
     if len(boxes) and (boxes.min() < -TOLERANCE or boxes.max() > INPUT_SIZE + TOLERANCE):
         return (
-            f"boxes on {where} reach {boxes.min():.1f}..{boxes.max():.1f}: they must lie inside the "
-            f"{INPUT_SIZE}x{INPUT_SIZE} input frame (are they in the original image's pixels, or normalised?)"
+            f"boxes on {where} reach {boxes.min():.1f}..{boxes.max():.1f}: they must lie inside "
+            f"the {INPUT_SIZE}x{INPUT_SIZE} input frame (are they in the original image's pixels, "
+            "or normalised?)"
         )
     return None
 
@@ -258,8 +267,11 @@ def iou(box, boxes):
     x2 = np.minimum(box[2], boxes[:, 2])
     y2 = np.minimum(box[3], boxes[:, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
+    return inter / np.maximum(box_area(box) + box_area(boxes) - inter, 1e-9)
+
+
+def box_area(boxes):
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
 def shifted_labels(found, truth, image_ids):
@@ -287,9 +299,9 @@ def shifted_labels(found, truth, image_ids):
     for shift in (1, -1):
         if offsets.count(shift) * 2 >= len(offsets):
             return (
-                f"{offsets.count(shift)} of {len(offsets)} detections that match a true box have label "
-                f"category_id{shift:+d} and none the category_id itself: labels must be the annotation "
-                "category_id, 0..263"
+                f"{offsets.count(shift)} of {len(offsets)} detections that match a true box have "
+                f"label category_id{shift:+d} and none the category_id itself: labels must be the "
+                "annotation category_id, 0..263"
             )
     return None
 
@@ -297,7 +309,9 @@ def shifted_labels(found, truth, image_ids):
 def check(
     model, data_dir, backend="pytorch", factory=None, trusted=False, images=1, stall_timeout=0
 ):
-    """Returns a one-line summary; raises ModelProblem. A model that stalls ends the process (failfast.py)."""
+    """Returns a one-line summary; raises ModelProblem.
+
+    A model that stalls ends the process (failfast.py)."""
     kind = safety(model, backend, factory, trusted)
     if images <= 0:
         return f"model check: {kind}; output contract not checked (CHECK_IMAGES=0)"

@@ -1,7 +1,8 @@
 """Factories for MODEL_FACTORY: build a RetinaNet variant as an nn.Module that keeps the
 harness's contract, so that a state dict (or {"model": state_dict}) loads into it.
 
-    make eval MODEL=models/resnet50/state_dict.pth MODEL_FACTORY=retinanet.model_factories:resnet50_fpn
+    make eval MODEL=models/resnet50/state_dict.pth \
+        MODEL_FACTORY=retinanet.model_factories:resnet50_fpn
 
 Each factory returns torchvision's RetinaNet (its state dict keys, as the mlcommons/training
 reference saves them) with a forward that takes the harness's float [N,3,800,800] batch.

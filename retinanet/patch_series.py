@@ -19,7 +19,8 @@ from retinanet import PROJECT_ROOT, UPSTREAM
 PATCH_DIR = PROJECT_ROOT / "patches"
 PATCH_NAME = re.compile(r"^(\d{4})-[a-z0-9][a-z0-9.-]*\.patch$")
 UPSTREAM_STATUS = re.compile(
-    r"^Upstream-Status: (Pending|Accepted|Denied|Backport \[.+\]|Submitted \[.+\]|Inappropriate \[.+\])$",
+    r"^Upstream-Status: (Pending|Accepted|Denied|Backport \[.+\]|Submitted \[.+\]|Inappropriate "
+    r"\[.+\])$",
     re.M,
 )
 

@@ -32,7 +32,8 @@ def dataset_problems(data_dir, count):
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         return [
-            f"DATA_DIR={data_dir} does not exist: point it at the folder 'make dataset DIR=...' wrote"
+            f"DATA_DIR={data_dir} does not exist: point it at the folder 'make dataset DIR=...' "
+            "wrote"
         ], 0
     annotations = data_dir / ANNOTATIONS
     if not annotations.is_file():
@@ -44,7 +45,8 @@ def dataset_problems(data_dir, count):
         images = json.loads(annotations.read_text())["images"]
     except (ValueError, KeyError) as error:
         return [
-            f"{annotations} is not an OpenImages-MLPerf COCO file ({error}): run 'make dataset' again"
+            f"{annotations} is not an OpenImages-MLPerf COCO file ({error}): run 'make dataset' "
+            "again"
         ], 0
     if not images:
         return [f"{annotations} lists no images"], 0
@@ -57,8 +59,8 @@ def dataset_problems(data_dir, count):
     ]
     if missing:
         return [
-            f"{len(missing)} of {len(wanted)} images are missing from {image_dir}, first {missing[0]}: "
-            "rerun 'make dataset' to fetch them"
+            f"{len(missing)} of {len(wanted)} images are missing from {image_dir}, first "
+            f"{missing[0]}: rerun 'make dataset' to fetch them"
         ], len(wanted)
     return [], len(wanted)
 
@@ -74,7 +76,8 @@ def model_problems(model, backend="pytorch"):
         return []  # model_check.py loads it
     if not zipfile.is_zipfile(model):
         return [
-            f"MODEL={model} is not a TorchScript archive (a .pth zip file): is the download complete?"
+            f"MODEL={model} is not a TorchScript archive (a .pth zip file): is the download "
+            "complete?"
         ]
     return []
 
@@ -86,9 +89,9 @@ def model_warnings(model, backend):
     if md5 == official["md5"]:
         return []
     return [
-        f"MODEL={model} is not the official {official['file']} (MD5 {md5}, official {official['md5']}): "
-        "its mAP says nothing about the reference model; 'make model"
-        f"{' FORMAT=onnx' if backend == 'onnxruntime' else ''}' downloads the official one"
+        f"MODEL={model} is not the official {official['file']} (MD5 {md5}, official "
+        f"{official['md5']}): its mAP says nothing about the reference model; 'make "
+        f"model{' FORMAT=onnx' if backend == 'onnxruntime' else ''}' downloads the official one"
     ]
 
 
@@ -104,12 +107,14 @@ def dataset_warnings(data_dir, count):
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         return [
-            f"{manifest_path} is not a manifest verify-dataset wrote: run 'make verify-dataset DIR={data_dir}'"
+            f"{manifest_path} is not a manifest verify-dataset wrote: run 'make verify-dataset "
+            f"DIR={data_dir}'"
         ]
     redo = f"run 'make verify-dataset DIR={data_dir}' to see what changed"
     if hashlib.sha256((data_dir / ANNOTATIONS).read_bytes()).hexdigest() != recorded:
         return [
-            f"{data_dir / ANNOTATIONS} changed since the manifest of {manifest.get('written')}: {redo}"
+            f"{data_dir / ANNOTATIONS} changed since the manifest of {manifest.get('written')}: "
+            f"{redo}"
         ]
     images = json.loads((data_dir / ANNOTATIONS).read_text())["images"]
     changed = [
@@ -121,9 +126,9 @@ def dataset_warnings(data_dir, count):
     if changed:
         many = len(changed) > 1
         return [
-            f"{len(changed)} image{'s' if many else ''} in {data_dir / IMAGE_DIR} differ{'' if many else 's'} "
-            "from the manifest of "
-            f"{manifest.get('written')}, first {changed[0]}: {redo}"
+            f"{len(changed)} image{'s' if many else ''} in {data_dir / IMAGE_DIR} "
+            f"differ{'' if many else 's'} from the manifest of {manifest.get('written')}, first "
+            f"{changed[0]}: {redo}"
         ]
     return []
 
@@ -164,7 +169,9 @@ def device_environment(device):
 
 
 def guard_args(mode, resolved, images):
-    """The accuracy guard's arguments; none where it does not run (fp32, performance, GUARD_IMAGES=0)."""
+    """The accuracy guard's arguments; none where it does not run.
+
+    It does not run in fp32, in performance mode, or with GUARD_IMAGES=0."""
     if mode != "accuracy" or resolved["PRECISION"] == "fp32" or resolved["GUARD_IMAGES"] == "0":
         return []
     args = [
@@ -187,7 +194,9 @@ def guard_args(mode, resolved, images):
 
 
 def check(environ):
-    """The settings resolved, as requested, the image count and warnings; SystemExit with every problem."""
+    """The settings resolved, as requested, the image count and warnings.
+
+    Raises SystemExit with every problem found."""
     requested = settings.requested_from(environ)
     resolved, problems = settings.resolve(requested)
     images = 0

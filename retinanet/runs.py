@@ -130,7 +130,8 @@ def resolve(results_dir, name):
         return load(folders[0])
     if not folders:
         raise RunError(
-            f"no run '{name}': not a run folder, and no folder in {results_dir} has that in its name"
+            f"no run '{name}': not a run folder, and no folder in {results_dir} has that in its "
+            "name"
         )
     raise RunError(
         f"'{name}' matches {len(folders)} runs in {results_dir} "

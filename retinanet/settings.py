@@ -160,7 +160,9 @@ class Setting:
 
 
 def native_bf16():
-    """AVX512-BF16 or AMX: without them oneDNN emulates bf16, 12x slower than fp32 (BENCHMARKS.md)."""
+    """AVX512-BF16 or AMX: without them oneDNN emulates bf16, 12x slower than fp32.
+
+    Measured in BENCHMARKS.md."""
     import torch
 
     try:
@@ -392,7 +394,9 @@ SETTINGS = [
 
 
 def requested_from(environ):
-    """Each setting as given (make exports its variables to run_eval.sh); empty means the default."""
+    """Each setting as given; empty means the default.
+
+    make exports its variables to run_eval.sh, which hands them on."""
     return {s.name: environ.get(s.name) or s.default for s in SETTINGS}
 
 
@@ -416,8 +420,9 @@ def resolve(requested):
         if resolved["BACKEND"] == "onnxruntime" and setting.onnxruntime is not None:
             if resolved[setting.name] not in ("", "auto", setting.onnxruntime):
                 problems.append(
-                    f"{setting.name}={resolved[setting.name]} is for BACKEND=pytorch: BACKEND="
-                    f"onnxruntime runs {setting.name}={setting.onnxruntime}; leave {setting.name} on auto"
+                    f"{setting.name}={resolved[setting.name]} is for BACKEND=pytorch: "
+                    f"BACKEND=onnxruntime runs {setting.name}={setting.onnxruntime}; leave "
+                    f"{setting.name} on auto"
                 )
             resolved[setting.name] = setting.onnxruntime
         elif resolved[setting.name] == "auto" and setting.auto:
@@ -464,7 +469,10 @@ def rerun_command(mode, settings):
 # -- documentation -----------------------------------------------------------------------
 
 README = PROJECT_ROOT / "README.md"
-README_BEGIN = "<!-- settings: generated from retinanet/settings.py by 'python3 -m retinanet.settings readme' -->"
+README_BEGIN = (
+    "<!-- settings: generated from retinanet/settings.py by "
+    "'python3 -m retinanet.settings readme' -->"
+)
 README_END = "<!-- end of settings -->"
 
 

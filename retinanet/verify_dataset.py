@@ -1,6 +1,7 @@
 """Check a downloaded OpenImages-MLPerf dataset against its annotations, and keep a manifest.
 
-    python -m retinanet.verify_dataset DIR [--set validation|calibration] [--max N] [--write-manifest]
+    python -m retinanet.verify_dataset DIR [--set validation|calibration] [--max N]
+        [--write-manifest]
 
 Without --set, each set DIR holds is verified.
 
@@ -293,7 +294,10 @@ def verify(
     )
     unfinished = list((root / spec["images"]).glob("*.part"))
     if unfinished:
-        line += f"; {len(unfinished)} unfinished downloads (*.part) are left over, the next download replaces them"
+        line += (
+            f"; {len(unfinished)} unfinished downloads (*.part) are left over, "
+            "the next download replaces them"
+        )
     if manifest is None or write_manifest:
         write_json(manifest_path, current, indent=1)
         line += f"; manifest written: {manifest_path}"

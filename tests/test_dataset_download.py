@@ -191,8 +191,8 @@ def test_csv_cut_off_is_resumed_where_it_stopped(remote, tmp_path):
         assert proc.returncode != 0
         part = data / "annotations" / "validation-annotations-bbox.csv.part"
         assert error_lines(proc) == [
-            f"error: the download of {http.url}{VALIDATION_CSV} broke off after 8192 of {total} bytes: run again "
-            f"to resume it ({part} holds what came)"
+            f"error: the download of {http.url}{VALIDATION_CSV} broke off after 8192 of {total} "
+            f"bytes: run again to resume it ({part} holds what came)"
         ]
         assert not (data / "annotations" / "validation-annotations-bbox.csv").exists()
         assert part.read_bytes() == fake.files[VALIDATION_CSV][:8192]
@@ -219,8 +219,9 @@ def test_truncated_csv_is_refused_and_not_kept(remote, tmp_path):
         proc = dataset(remote, data, http=http.url, check=False)
     assert proc.returncode != 0
     assert error_lines(proc) == [
-        f"error: {http.url}{VALIDATION_CSV} sent a file that is not a whole validation-annotations-bbox.csv "
-        f"(line {line} is incomplete); it was not kept: run again, or set OPENIMAGES_CSV_URL to another mirror"
+        f"error: {http.url}{VALIDATION_CSV} sent a file that is not a whole "
+        f"validation-annotations-bbox.csv (line {line} is incomplete); it was not kept: run again, "
+        "or set OPENIMAGES_CSV_URL to another mirror"
     ]
     assert sorted(p.name for p in (data / "annotations").iterdir()) == []
 
@@ -228,8 +229,8 @@ def test_truncated_csv_is_refused_and_not_kept(remote, tmp_path):
     (data / "annotations" / "validation-annotations-bbox.csv").write_bytes(cut)
     proc = dataset(remote, data, check=False)
     assert error_lines(proc) == [
-        f"error: {data / 'annotations' / 'validation-annotations-bbox.csv'} is damaged (line {line} is incomplete): "
-        "delete it and run again to download it anew"
+        f"error: {data / 'annotations' / 'validation-annotations-bbox.csv'} is damaged (line "
+        f"{line} is incomplete): delete it and run again to download it anew"
     ]
     assert (data / "annotations" / "validation-annotations-bbox.csv").read_bytes() == cut
     assert not (data / IMAGE_DIR).exists() or image_files(data) == []
@@ -244,9 +245,9 @@ def test_missing_object_is_named_and_the_rest_kept(remote, tmp_path):
     where = f"bucket missing-one at {s3.url}"
     assert f"{gone}: not found in {where} (HTTP 404)" in proc.stdout
     assert error_lines(proc) == [
-        "error: 1 of 20 images could not be downloaded (listed above), so openimages-mlperf.json was not written; "
-        f"the 19 others are in {data / IMAGE_DIR}. Run again to retry only what is missing; an image not found "
-        f"again is missing from {where}"
+        "error: 1 of 20 images could not be downloaded (listed above), so openimages-mlperf.json "
+        f"was not written; the 19 others are in {data / IMAGE_DIR}. Run again to retry only what "
+        f"is missing; an image not found again is missing from {where}"
     ]
     assert (
         len(image_files(data)) == 19 and leftovers(data) == [] and not (data / ANNOTATIONS).exists()
@@ -288,8 +289,8 @@ def test_class_missing_from_the_class_list_is_named(remote, tmp_path):
     with FileServer({**fake.files, CLASSES_CSV: classes}) as http:
         proc = dataset(remote, data, http=http.url, check=False)
     assert error_lines(proc) == [
-        "error: class-descriptions-boxable.csv has no class 'Zucchini' (1 of the 264 classes asked for are "
-        f"missing): is {http.url}{CLASSES_CSV} the OpenImages boxable class list?"
+        "error: class-descriptions-boxable.csv has no class 'Zucchini' (1 of the 264 classes "
+        f"asked for are missing): is {http.url}{CLASSES_CSV} the OpenImages boxable class list?"
     ]
     assert OTHER_CLASSES[0].encode() in classes
 
@@ -300,15 +301,15 @@ def test_unreachable_servers_are_named(remote, tmp_path):
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     proc = dataset(remote, tmp_path / "data", http=closed, check=False)
     assert error_lines(proc) == [
-        f"error: cannot reach {closed}{VALIDATION_CSV} (ConnectionError): check the network, or set "
-        "OPENIMAGES_CSV_URL to a mirror"
+        f"error: cannot reach {closed}{VALIDATION_CSV} (ConnectionError): check the network, or "
+        "set OPENIMAGES_CSV_URL to a mirror"
     ]
     # the images' endpoint: one line, not one failure per image after every retry
     proc = dataset(remote, tmp_path / "data", s3=closed, check=False)
     assert error_lines(proc) == [
-        f"error: cannot connect to bucket {BUCKET} at {closed}: check the network, or set OPENIMAGES_S3_ENDPOINT "
-        f"to a mirror; the images already downloaded are kept in {tmp_path / 'data' / IMAGE_DIR}, run again to "
-        "continue"
+        f"error: cannot connect to bucket {BUCKET} at {closed}: check the network, or set "
+        "OPENIMAGES_S3_ENDPOINT to a mirror; the images already downloaded are kept in "
+        f"{tmp_path / 'data' / IMAGE_DIR}, run again to continue"
     ]
 
 
@@ -340,8 +341,9 @@ def test_full_disk_stops_the_download_and_keeps_what_came(remote, small_disk):
     kept = image_files(data)
     assert 0 < len(kept) < 20
     assert error_lines(proc) == [
-        f"error: the disk holding {data / IMAGE_DIR} is full: {len(kept)} of 20 images were downloaded and are kept; "
-        f"free about {(20 - len(kept)) * 0.5:.0f} MB, then run again to download the rest"
+        f"error: the disk holding {data / IMAGE_DIR} is full: {len(kept)} of 20 images were "
+        f"downloaded and are kept; free about {(20 - len(kept)) * 0.5:.0f} MB, then run again to "
+        "download the rest"
     ]
     for name in kept:
         assert (data / IMAGE_DIR / name).read_bytes() == fake.objects[f"validation/{name}"]

@@ -51,8 +51,8 @@ def test_missing_data_dir(run, demo, tmp_path, earlier_results):
 def test_data_dir_at_the_image_folder_points_to_its_root(run, demo, earlier_results):
     line = fails(run, data=demo["data"] / "validation" / "data", demo=demo)
     assert (
-        f"has no annotations/openimages-mlperf.json: point DATA_DIR at its dataset root, DATA_DIR={demo['data']}"
-        in line
+        "has no annotations/openimages-mlperf.json: point DATA_DIR at its dataset root, "
+        f"DATA_DIR={demo['data']}" in line
     )
 
 

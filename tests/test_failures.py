@@ -105,8 +105,8 @@ def test_a_raise_in_post_processing_ends_the_run(run, demo, weightless):
     assert processes_mentioning(weightless) == []
     # no warm-up: nothing was measured when LoadGen started
     assert (
-        f"stall limit: {FIRST_LIMIT} s until an inference completes ({FIRST_LIMIT} s per image of batch 1)"
-        in proc.stdout
+        f"stall limit: {FIRST_LIMIT} s until an inference completes ({FIRST_LIMIT} s per image of "
+        "batch 1)" in proc.stdout
     )
 
 
@@ -126,9 +126,8 @@ def test_a_raise_in_the_accuracy_guard_fails_the_run(run, demo, weightless):
     )
     reason = recorded_failure(output)
     assert (
-        reason
-        == f"the accuracy guard failed: the model raised in bf16 on image 1 of 1: RuntimeError: {MESSAGE} "
-        "on call 2"
+        reason == "the accuracy guard failed: the model raised in bf16 on image 1 of 1: "
+        f"RuntimeError: {MESSAGE} on call 2"
     )
     assert took < 30
 
@@ -171,8 +170,8 @@ def test_the_model_check_and_the_guard_stop_when_the_model_stalls(run, demo, wei
     )
     assert "its folder is" not in output and not (tmp_path / "results").exists()
     assert re.search(
-        r"^preflight\.py: error: no inference completed in [34] s with 1 sample waiting: stopped as "
-        r"stalled \(stall limit 3 s \(set by STALL_TIMEOUT\)\)",
+        r"^preflight\.py: error: no inference completed in [34] s with 1 sample waiting: stopped "
+        r"as stalled \(stall limit 3 s \(set by STALL_TIMEOUT\)\)",
         output,
         re.M,
     ), output[-2000:]

@@ -20,7 +20,9 @@ ONE_IMAGE = ("COUNT=1", "WARMUP=0", "BATCH_SIZE=1", "THREADS=1")
 
 
 def detections_in(run_dir):
-    """Per sample index, the float32 rows [id, ymin, xmin, ymax, xmax, score, label] LoadGen logged."""
+    """Per sample index, the float32 rows LoadGen logged.
+
+    Each row is [id, ymin, xmin, ymax, xmax, score, label]."""
     log = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
     return {
         entry["qsl_idx"]: np.frombuffer(bytes.fromhex(entry["data"]), np.float32).reshape(-1, 7)

@@ -83,8 +83,8 @@ def test_connection_that_keeps_breaking_leaves_a_part_the_next_run_resumes(model
         proc = download(tmp_path, server, "--md5", md5(model_bytes))
         assert proc.returncode == 1
         assert proc.stderr.splitlines()[-1] == (
-            f"download_model: error: the connection to {server.url}{PTH} broke 3 times; 1.6 of 3.2 MB are kept "
-            f"in {part}: run again to resume"
+            f"download_model: error: the connection to {server.url}{PTH} broke 3 times; 1.6 of 3.2 "
+            f"MB are kept in {part}: run again to resume"
         )
         assert part.read_bytes() == model_bytes[: 3 * 512 * 1024]
         assert not (tmp_path / "resnext50_32x4d_fpn.pth").exists()
@@ -102,8 +102,9 @@ def test_wrong_checksum_is_refused_and_the_disk_left_clean(model_bytes, tmp_path
     assert proc.returncode != 0
     official = OFFICIAL["pytorch"]["md5"]
     assert (
-        f"download_model: error: the 3.2 MB from {server.url}{PTH} have MD5 {md5(model_bytes)}, not the "
-        f"official {official}: deleted. Run again; if it happens again the server sends another file "
+        f"download_model: error: the 3.2 MB from {server.url}{PTH} have MD5 {md5(model_bytes)}, "
+        f"not the official {official}: deleted. Run again; if it happens again the server sends "
+        "another file "
         "(check ZENODO_URL)" in proc.stdout
     )
     assert not target.exists(), "a failed download left files behind"
@@ -119,7 +120,8 @@ def test_missing_file_on_the_server_leaves_nothing(tmp_path):
             check=False,
         )
     assert (
-        f"download_model: error: {server.url}/record/6617879/files/resnext50_32x4d_fpn.onnx answered HTTP 404 "
+        f"download_model: error: {server.url}/record/6617879/files/resnext50_32x4d_fpn.onnx "
+        "answered HTTP 404 "
         "Not Found: check FORMAT and ZENODO_URL" in proc.stdout
     )
     assert not (tmp_path / "models").exists()
@@ -142,9 +144,9 @@ def test_existing_other_file_is_refused_and_left_as_it_is(model_bytes, tmp_path)
         proc = make("model", f"DIR={tmp_path}", f"ZENODO_URL={server.url}", check=False)
     assert proc.returncode != 0 and server.log == []
     assert (
-        f"download_model: error: {final} exists but its MD5 is {md5(b'my own model')}, not the official "
-        f"{OFFICIAL['pytorch']['md5']}: it is left as it is; move it away, then run 'make model' again"
-        in proc.stdout
+        f"download_model: error: {final} exists but its MD5 is {md5(b'my own model')}, not the "
+        f"official {OFFICIAL['pytorch']['md5']}: it is left as it is; move it away, then run 'make "
+        "model' again" in proc.stdout
     )
     assert final.read_bytes() == b"my own model"
 

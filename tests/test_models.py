@@ -203,8 +203,8 @@ def refused(run, demo, model, *settings):
 def test_wrong_convention_stops_make_eval_before_the_run(run, demo, tmp_path):
     line = refused(run, demo, demo["models"]["oracle-xywh"])
     assert line == (
-        f"error: MODEL={demo['models']['oracle-xywh']}: box 0 on image 1 is [276.8, 126.8, 420.7, 78.0], "
-        "with x2 < x1 or y2 < y1: boxes must be x1,y1,x2,y2 (is it x,y,width,height?)"
+        f"error: MODEL={demo['models']['oracle-xywh']}: box 0 on image 1 is [276.8, 126.8, 420.7, "
+        "78.0], with x2 < x1 or y2 < y1: boxes must be x1,y1,x2,y2 (is it x,y,width,height?)"
     )
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
@@ -225,8 +225,8 @@ def test_wrong_convention_stops_make_eval_before_the_run(run, demo, tmp_path):
         ("unsorted", "are not sorted descending (score 1 is "),
         (
             "returns-tensor",
-            "the model returns a Tensor for one image, not a list of one dict per image with boxes, "
-            "scores and labels",
+            "the model returns a Tensor for one image, not a list of one dict per image with "
+            "boxes, scores and labels",
         ),
     ],
 )
@@ -275,8 +275,8 @@ def test_untrusted_pickle_is_refused_before_loading(run, demo, own_models, tmp_p
 def test_state_dict_without_factory(run, demo, own_models):
     line = refused(run, demo, own_models["root"] / "oracle-state-dict.pth")
     assert (
-        "is a state dict or checkpoint, not a TorchScript archive: set MODEL_FACTORY=package.module:function"
-        in line
+        "is a state dict or checkpoint, not a TorchScript archive: set "
+        "MODEL_FACTORY=package.module:function" in line
     )
 
 
@@ -305,7 +305,8 @@ def test_state_dict_that_does_not_fit(run, demo, factories):
     model = factories["root"] / "oracle-training.pth"
     line = refused(run, demo, model, "MODEL_FACTORY=wt7_oracle_factory:narrow")
     assert (
-        f"MODEL={model} does not fit the model MODEL_FACTORY=wt7_oracle_factory:narrow builds: 3 of another "
+        f"MODEL={model} does not fit the model MODEL_FACTORY=wt7_oracle_factory:narrow builds: 3 "
+        "of another "
         "shape (first boxes: " in line
     )
     assert line.endswith("is it a checkpoint of that architecture?")

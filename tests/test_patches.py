@@ -96,8 +96,8 @@ def test_half_applied_series_is_reported_then_finished(project_copy):
     verify = run_series(project_copy, "verify")
     assert verify.returncode == 1
     assert (
-        f"holds 2 of the {N} patches (next: 0003-map-zero-without-detections.patch); run 'make patch'"
-        in verify.stderr
+        f"holds 2 of the {N} patches (next: 0003-map-zero-without-detections.patch); run 'make "
+        "patch'" in verify.stderr
     )
 
     finish = run_series(project_copy, "apply")
@@ -116,8 +116,8 @@ def test_local_edits_are_refused_and_kept(project_copy):
         proc = run_series(project_copy, action)
         assert proc.returncode == 1
         assert (
-            "has local edits that are not the patch series (vision/classification_and_detection/run_local.sh)"
-            in proc.stderr
+            "has local edits that are not the patch series "
+            "(vision/classification_and_detection/run_local.sh)" in proc.stderr
         )
     assert git_state(upstream) == before
     assert edited.read_text().endswith("# my tuning\n")

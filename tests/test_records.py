@@ -22,12 +22,14 @@ from retinanet.runs import load
 # LoadGen settings beside conf/demo-user.conf: each gives a result the tests need.
 CONFS = {
     # Offline ends in well under 10 s: min duration not met, INVALID
-    "offline-short": "*.Offline.target_qps = 1\n*.Offline.min_duration = 10000\n*.Offline.min_query_count = 1\n",
+    "offline-short": "*.Offline.target_qps = 1\n*.Offline.min_duration = 10000\n"
+    "*.Offline.min_query_count = 1\n",
     # 100 queries: enough for SingleStream's early stopping, VALID
     "singlestream-100": "*.SingleStream.target_latency = 100\n*.SingleStream.min_duration = 0\n"
     "*.SingleStream.min_query_count = 100\n",
     # ten minutes: a run to interrupt
-    "singlestream-long": "*.SingleStream.target_latency = 50\n*.SingleStream.min_duration = 600000\n"
+    "singlestream-long": "*.SingleStream.target_latency = 50\n"
+    "*.SingleStream.min_duration = 600000\n"
     "*.SingleStream.min_query_count = 1\n",
 }
 # name: (make target, scenario, user.conf, expected LoadGen result)
@@ -83,7 +85,7 @@ def read(run_dir, name):
 def test_run_json_says_how_each_run_was_made(records, demo):
     pin = patch_series.pinned_commit()
     patches = patch_series.series()
-    for name, (target, scenario, conf, _) in RUNS.items():
+    for name, (target, scenario, _conf, _) in RUNS.items():
         run_dir = records["runs"][name]["dir"]
         record = read(run_dir, "run.json")
         assert record["status"] == "completed"
@@ -366,7 +368,8 @@ def test_killed_run_is_reported_failed(demo, tmp_path, earlier_run):
     assert any("truncated" in problem for problem in run.summary["unreadable"])
     report = make("report", f"RESULTS_DIR={results}", f"REPORT_DIR={tmp_path / 'report'}")
     assert re.search(
-        rf"^\| {run_dir.name} \| performance \| SingleStream \| failed \| stopped without finishing",
+        rf"^\| {run_dir.name} \| performance \| SingleStream \| failed \| stopped without "
+        r"finishing",
         report.stdout,
         re.M,
     )

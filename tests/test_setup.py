@@ -119,8 +119,8 @@ def test_setup_refuses_an_unknown_onnxruntime_package():
     )
     assert proc.returncode == 1
     assert (
-        proc.stderr
-        == "setup: error: ONNXRUNTIME=onnxruntime-rocm is not one of: onnxruntime, onnxruntime-gpu\n"
+        proc.stderr == "setup: error: ONNXRUNTIME=onnxruntime-rocm is not one of: "
+        "onnxruntime, onnxruntime-gpu\n"
     )
 
 
@@ -180,7 +180,7 @@ def test_setup_refuses_upstream_with_foreign_edits(project_copy):
     )
     assert proc.returncode == 1
     assert (
-        "has local edits that are not the patch series (vision/classification_and_detection/user.conf)"
-        in proc.stderr
+        "has local edits that are not the patch series "
+        "(vision/classification_and_detection/user.conf)" in proc.stderr
     )
     assert edited.read_text() == "*.Offline.target_qps = 99\n"

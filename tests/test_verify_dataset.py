@@ -90,9 +90,9 @@ def test_image_of_another_size_is_named(data, demo):
     )
     proc, errors = verify(data)
     assert errors == [
-        f"error: {victim} is {record['width'] // 2}x{record['height'] // 2} pixels, the annotations "
-        f"say {record['width']}x{record['height']}: delete it and run 'make dataset DIR={data}' to "
-        "download it again"
+        f"error: {victim} is {record['width'] // 2}x{record['height'] // 2} pixels, the "
+        f"annotations say {record['width']}x{record['height']}: delete it and run 'make dataset "
+        f"DIR={data}' to download it again"
     ]
 
 
@@ -104,13 +104,14 @@ def test_duplicated_ids_wrong_classes_and_wrong_count(data):
     proc, errors = verify(data, full=24781)
     path, name, ident = data / ANNOTATIONS, coco["images"][2]["file_name"], coco["images"][2]["id"]
     assert errors == [
-        f"error: {path} lists 264 categories, not the 264 MLPerf classes in order (first difference at id 7): "
-        f"run 'make dataset DIR={data}' again",
-        f"error: {path}: image id {ident} appears 2 times: run 'make dataset DIR={data}' again to rewrite the "
-        "annotations",
-        f"error: {path}: file {name} appears 2 times: run 'make dataset DIR={data}' again to rewrite the annotations",
-        f"error: {path} lists 13 images, the whole MLPerf validation set has 24,781: run 'make dataset DIR={data}' "
-        "to complete it, or verify a subset with MAX=13",
+        f"error: {path} lists 264 categories, not the 264 MLPerf classes in order (first "
+        f"difference at id 7): run 'make dataset DIR={data}' again",
+        f"error: {path}: image id {ident} appears 2 times: run 'make dataset DIR={data}' again to "
+        "rewrite the annotations",
+        f"error: {path}: file {name} appears 2 times: run 'make dataset DIR={data}' again to "
+        "rewrite the annotations",
+        f"error: {path} lists 13 images, the whole MLPerf validation set has 24,781: run 'make "
+        f"dataset DIR={data}' to complete it, or verify a subset with MAX=13",
     ]
 
 
