@@ -1,7 +1,7 @@
 """Every run setting, in one table: its name (the make variable), its default, the values
 it takes, what `auto` resolves to, the harness flag it becomes, a one-line doc, and whether
 it can change a result. Everything else reads this table: make's defaults and help, the
-README's settings table, validation (once, before any run folder exists), the harness's
+docs/settings.md table, validation (once, before any run folder exists), the harness's
 arguments, run.json's settings and rerun, compare's warnings and the report's settings.
 
 Adding a setting is one entry here, plus the code that uses it.
@@ -10,7 +10,7 @@ Standard library only: make reads the table before any environment exists.
 
     python3 -m retinanet.settings makefile   NAME=default words, for the Makefile
     python3 -m retinanet.settings help       the settings part of `make help`
-    python3 -m retinanet.settings readme     rewrite the settings table in README.md
+    python3 -m retinanet.settings readme     rewrite the settings table in docs/settings.md
 """
 import math
 import os
@@ -305,7 +305,7 @@ def rerun_command(mode, settings):
 
 # -- documentation -----------------------------------------------------------------------
 
-README = PROJECT_ROOT / "README.md"
+README = PROJECT_ROOT / "docs" / "settings.md"
 README_BEGIN = "<!-- settings: generated from retinanet/settings.py by 'python3 -m retinanet.settings readme' -->"
 README_END = "<!-- end of settings -->"
 
@@ -317,7 +317,7 @@ def markdown_table():
 
 
 def readme_text(text):
-    """README.md's text with the settings table between its markers generated anew."""
+    """docs/settings.md's text with the settings table between its markers generated anew."""
     before, begin, rest = text.partition(README_BEGIN)
     _, end, after = rest.partition(README_END)
     if not begin or not end:
