@@ -1,7 +1,7 @@
 """Every run setting, in one table: its name (the make variable), its default, the values
 it takes, what `auto` resolves to, the harness flag it becomes, a one-line doc, and whether
 it can change a result. Everything else reads this table: make's defaults and help, the
-README's settings table, validation (once, before any run folder exists), the harness's
+docs/settings.md table, validation (once, before any run folder exists), the harness's
 arguments, run.json's settings and rerun, compare's warnings and the report's settings.
 
 Adding a setting is one entry here, plus the code that uses it.
@@ -10,7 +10,7 @@ Standard library only: make reads the table before any environment exists.
 
     python3 -m retinanet.settings makefile   NAME=default words, for the Makefile
     python3 -m retinanet.settings help       the settings part of `make help`
-    python3 -m retinanet.settings readme     rewrite the settings table in README.md
+    python3 -m retinanet.settings docs       rewrite the settings table in docs/settings.md
 """
 
 import math
@@ -468,12 +468,12 @@ def rerun_command(mode, settings):
 
 # -- documentation -----------------------------------------------------------------------
 
-README = PROJECT_ROOT / "README.md"
-README_BEGIN = (
+SETTINGS_PAGE = PROJECT_ROOT / "docs" / "settings.md"
+TABLE_BEGIN = (
     "<!-- settings: generated from retinanet/settings.py by "
-    "'python3 -m retinanet.settings readme' -->"
+    "'python3 -m retinanet.settings docs' -->"
 )
-README_END = "<!-- end of settings -->"
+TABLE_END = "<!-- end of settings -->"
 
 
 def markdown_table():
@@ -484,29 +484,28 @@ def markdown_table():
     return "\n".join(rows)
 
 
-def readme_text(text):
-    """README.md's text with the settings table between its markers generated anew."""
-    before, begin, rest = text.partition(README_BEGIN)
-    _, end, after = rest.partition(README_END)
+def settings_page_text(text):
+    """docs/settings.md's text with the settings table between its markers generated anew."""
+    before, begin, rest = text.partition(TABLE_BEGIN)
+    _, end, after = rest.partition(TABLE_END)
     if not begin or not end:
-        raise SettingError(f"{README} has no '{README_BEGIN}' ... '{README_END}' block")
-    return f"{before}{README_BEGIN}\n{markdown_table()}\n{README_END}{after}"
+        raise SettingError(f"{SETTINGS_PAGE} has no '{TABLE_BEGIN}' ... '{TABLE_END}' block")
+    return f"{before}{TABLE_BEGIN}\n{markdown_table()}\n{TABLE_END}{after}"
 
 
 def main():
     action = sys.argv[1] if len(sys.argv) == 2 else ""
     if action == "makefile":
         for setting in SETTINGS:
-            assert not re.search(r"[\s=$'\"]", setting.default), (
-                setting
-            )  # make reads NAME=default words
+            # make reads NAME=default words
+            assert not re.search(r"[\s=$'\"]", setting.default), setting
         print(" ".join(f"{s.name}={s.default}" for s in SETTINGS))
     elif action == "help":
         for s in SETTINGS:
             print(f"  \033[36m{s.name:<22}\033[0m {s.doc} (default: {s.default or 'empty'})")
-    elif action == "readme":
-        README.write_text(readme_text(README.read_text()))
-        print(f"settings: {README} updated")
+    elif action == "docs":
+        SETTINGS_PAGE.write_text(settings_page_text(SETTINGS_PAGE.read_text()))
+        print(f"settings: {SETTINGS_PAGE} updated")
     else:
         sys.exit(__doc__)
 

@@ -154,9 +154,9 @@ def test_only_the_official_model_of_a_format_passes_without_a_warning(demo, tmp_
 
 
 def test_make_help_and_the_readme_document_every_setting():
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    assert settings.readme_text(readme) == readme, (
-        "README.md's settings table is out of date: run 'python3 -m retinanet.settings readme'"
+    page = (PROJECT_ROOT / "docs" / "settings.md").read_text()
+    assert settings.settings_page_text(page) == page, (
+        "docs/settings.md's table is out of date: run 'python3 -m retinanet.settings docs'"
     )
     help_text = make("help").stdout
     for setting in settings.SETTINGS:
