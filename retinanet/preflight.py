@@ -164,7 +164,7 @@ def stall_seconds(resolved):
 
 def device_environment(device):
     """What the harness's backends read: a cpu run hides the GPUs; USE_GPU=yes makes an
-    onnxruntime gpu run fail rather than use the CPU (patch 0014)."""
+    onnxruntime gpu run fail rather than use the CPU (patch 0020)."""
     return {"CUDA_VISIBLE_DEVICES": "", "USE_GPU": "no"} if device == "cpu" else {"USE_GPU": "yes"}
 
 

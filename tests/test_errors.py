@@ -128,7 +128,7 @@ def test_half_applied_series_stops_the_run(project_copy, demo, tmp_path, earlier
     )
     assert proc.returncode != 0
     assert error_line(proc).endswith(
-        f"holds 1 of the {N} patches (next: 0002-images-in-validation-data.patch); run 'make patch'"
+        f"holds 1 of the {N} patches (next: 0002-pandas3-factorize.patch); run 'make patch'"
     )
 
 

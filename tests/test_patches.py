@@ -39,7 +39,7 @@ def test_series_is_numbered_and_documented():
 def test_lint_names_what_is_missing(tmp_path):
     patches = patch_series.series()
     shutil.copy(patches[0], tmp_path / "0001-first.patch")
-    text = patches[1].read_text().replace("Upstream-Status: Pending\n", "")
+    text = patches[2].read_text().replace("Upstream-Status: Pending\n", "")
     (tmp_path / "0003-gap.patch").write_text(text)
     problems = patch_series.header_problems(patch_series.series(tmp_path))
     assert problems == [
@@ -53,7 +53,7 @@ def test_patch_that_no_longer_applies_is_named_with_its_file(upstream, tmp_path)
     patches = patch_series.series()
     for patch in patches:
         shutil.copy(patch, tmp_path / patch.name)
-    broken = tmp_path / patches[1].name
+    broken = tmp_path / patches[2].name
     broken.write_text(
         broken.read_text().replace(
             "        self.use_label_map = use_label_map\n",
@@ -63,7 +63,7 @@ def test_patch_that_no_longer_applies_is_named_with_its_file(upstream, tmp_path)
     with pytest.raises(PatchError) as error:
         patch_series.check(upstream, patch_series.series(tmp_path))
     assert str(error.value).startswith(
-        f"{patches[1].name} does not apply to 6776245e99dc: "
+        f"{patches[2].name} does not apply to 6776245e99dc: "
         "vision/classification_and_detection/python/openimages.py"
     )
 
@@ -96,13 +96,13 @@ def test_half_applied_series_is_reported_then_finished(project_copy):
     verify = run_series(project_copy, "verify")
     assert verify.returncode == 1
     assert (
-        f"holds 2 of the {N} patches (next: 0003-map-zero-without-detections.patch); run 'make "
-        "patch'" in verify.stderr
+        f"holds 2 of the {N} patches (next: 0003-images-in-validation-data.patch); "
+        "run 'make patch'" in verify.stderr
     )
 
     finish = run_series(project_copy, "apply")
     assert finish.returncode == 0
-    assert finish.stdout.splitlines()[0] == "applied 0003-map-zero-without-detections.patch"
+    assert finish.stdout.splitlines()[0] == "applied 0003-images-in-validation-data.patch"
     assert run_series(project_copy, "verify").returncode == 0
 
 
