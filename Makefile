@@ -82,6 +82,23 @@ unpatch: ## Revert the patch series from vendor/inference
 check-patches: ## Lint the series and check it applies and reverts on the pinned upstream
 	python3 -m retinanet.patch_series check
 
+##@ Patches (edit the series with git, write it back, move the pin: CONTRIBUTING.md)
+
+## make patch-rebase: the upstream commit or tag to move the series and the pin to
+ONTO ?=
+
+.PHONY: patch-edit
+patch-edit: ## The series as commits on the pin in vendor/inference (branch 'patches'), to edit with git
+	python3 -m retinanet.patch_series edit
+
+.PHONY: patch-export
+patch-export: ## Write those commits back to patches/, then vendor/inference back to the pin, series applied
+	python3 -m retinanet.patch_series export
+
+.PHONY: patch-rebase
+patch-rebase: ## Replay the series onto ONTO=<commit or tag> (stops at a conflict), export it, move the pin
+	python3 -m retinanet.patch_series rebase --onto $(call quote,$(ONTO))
+
 ##@ Benchmark
 
 .PHONY: dataset
