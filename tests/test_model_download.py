@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make
+from helpers import make
 from loopback import FileServer
 
 from retinanet import OFFICIAL_MODELS as OFFICIAL

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import git_state, make
+from helpers import git_state, make
 
 from retinanet import patch_series
 from retinanet.patch_series import PatchError

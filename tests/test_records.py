@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_USER_CONF, PYTHON, make
+from helpers import DEMO_USER_CONF, PYTHON, make
 
 from retinanet import patch_series
 from retinanet.loadgen_log import LogError, parse

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import DEMO_USER_CONF
+from helpers import DEMO_USER_CONF
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 

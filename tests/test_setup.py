@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import yaml
-from conftest import git_state
+from helpers import git_state
 
 from retinanet import PROJECT_ROOT, UPSTREAM, patch_series
 
