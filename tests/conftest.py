@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import make, upstream_missing
 
-from retinanet import PROJECT_ROOT, UPSTREAM
+from retinanet import PROJECT_ROOT, UPSTREAM, patch_series
 
 
 @pytest.fixture(scope="session")
@@ -93,13 +93,7 @@ def project_copy(upstream, tmp_path):
             ".pytest_cache",
         ),
     )
-    pin = subprocess.run(
-        ["git", "ls-files", "--stage", "vendor/inference"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[1]
+    pin = patch_series.pinned_commit()
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run(
         ["git", "update-index", "--add", "--cacheinfo", f"160000,{pin},vendor/inference"],
