@@ -72,8 +72,11 @@ def git_state(repo):
         text=True,
         check=True,
     ).stdout
+    # check=True: a git that fails prints nothing, and nothing equals nothing
     head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
-    diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    diff = subprocess.run(
+        ["git", "diff", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
     return status, head, diff
