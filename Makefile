@@ -51,7 +51,7 @@ ENV_KIND ?= venv
 ONNXRUNTIME ?=
 ## make demo: where the generated dataset, models and runs go
 DEMO_DIR ?= demo
-## make test: extra pytest arguments, e.g. -k patches
+## make test, test-fast: extra pytest arguments, e.g. -k patches
 PYTEST_ARGS ?=
 
 HARNESS := vendor/inference/vision/classification_and_detection
@@ -177,11 +177,16 @@ bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference 
 ##@ Development
 
 .PHONY: test
-test: ## Set up what the tests need, then run them
+test: ## Set up what the tests need, then run them all, both tiers (docs/testing-tiers.md)
 	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
 	./setup.sh upstream || echo "make test: upstream cannot be reached; tests that need it are skipped"
 	if [ -e vendor/inference/.git ]; then ENV_KIND='$(ENV_KIND)' ./setup.sh patch loadgen; fi
 	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
+
+.PHONY: test-fast
+test-fast: ## The fast tier only, under a minute: no upstream, harness, model or server
+	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
+	$(PYTHON) -m pytest -m fast $(PYTEST_ARGS) tests
 
 .PHONY: clean
 clean: ## Delete the preprocessed cache and the demo (results/, datasets and models are kept)

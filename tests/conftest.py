@@ -1,5 +1,6 @@
 """Shared fixtures (the real upstream checkout, a generated dataset and models, make runs into
-fresh folders) and hooks. What tests import, helpers included, is in helpers.py."""
+fresh folders) and hooks: the test tiers (docs/testing-tiers.md). What tests import is in
+helpers.py."""
 
 import os
 import re
@@ -135,3 +136,37 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"
     )
+
+
+# The tiers. A test that uses one of these fixtures, directly or through another, needs
+# upstream, the harness or a generated model, and is slow; so is one marked slow by hand
+# (a server on loopback, a download). Every other test is fast: make test-fast runs them.
+SLOW_FIXTURES = {"upstream", "demo", "run", "project_copy", "weightless"}
+FAST_TIMEOUT_S = 60  # a fast test that hangs fails in a minute, not in pytest.ini's ten
+FAST_LIMIT_S = 5  # a fast test slower than this is named at the end of the run
+fast_seconds = {}  # nodeid: seconds, setup and teardown included
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+            continue
+        item.add_marker(pytest.mark.fast)
+        if not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT_S))
+
+
+def pytest_runtest_logreport(report):
+    if "fast" in report.keywords:
+        fast_seconds[report.nodeid] = fast_seconds.get(report.nodeid, 0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    over = sorted((s, nodeid) for nodeid, s in fast_seconds.items() if s > FAST_LIMIT_S)
+    if over:
+        terminalreporter.section(
+            f"fast tests slower than {FAST_LIMIT_S} s: make them faster, or mark them slow"
+        )
+        for seconds, nodeid in reversed(over):
+            terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")
