@@ -51,7 +51,7 @@ ENV_KIND ?= venv
 ONNXRUNTIME ?=
 ## make demo: where the generated dataset, models and runs go
 DEMO_DIR ?= demo
-## make test: extra pytest arguments, e.g. -k patches
+## make test, test-fast: extra pytest arguments, e.g. -k patches
 PYTEST_ARGS ?=
 
 HARNESS := vendor/inference/vision/classification_and_detection
@@ -199,7 +199,7 @@ SHELL_SCRIPTS := setup.sh run_eval.sh .ci/run
 ENV_BIN = $(dir $(shell command -v '$(PYTHON)'))
 
 .PHONY: test
-test: ## Set up what the tests need, then lint and run every test
+test: ## Set up what the tests need, then lint and run every test, both tiers (docs/testing.md)
 	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
 	./setup.sh upstream || echo "make test: upstream cannot be reached; tests that need it are skipped"
 	if [ -e vendor/inference/.git ]; then ENV_KIND='$(ENV_KIND)' ./setup.sh patch loadgen; fi
@@ -211,6 +211,11 @@ lint: ## ruff (lint and format check, pyproject.toml) and shellcheck over the pr
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	'$(ENV_BIN)shellcheck' $(SHELL_SCRIPTS)
+
+.PHONY: test-fast
+test-fast: ## The fast tier only, under a minute: no upstream, harness, model or server
+	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
+	$(PYTHON) -m pytest -m fast $(PYTEST_ARGS) tests
 
 .PHONY: clean
 clean: ## Delete the preprocessed cache and the demo (results/, datasets and models are kept)

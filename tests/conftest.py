@@ -1,30 +1,17 @@
-"""Shared fixtures: the real upstream checkout, a generated dataset and models, and a way
-to run `make` the way a user does."""
+"""Shared fixtures (the real upstream checkout, a generated dataset and models, make runs into
+fresh folders) and hooks: the test tiers (docs/testing.md). What tests import is in
+helpers.py."""
 
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import make, upstream_missing
 
-from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM
-
-PYTHON = sys.executable
-DEMO_USER_CONF = PROJECT_ROOT / "conf" / "demo-user.conf"
-TESTS = Path(__file__).resolve().parent  # MODEL_FACTORY=misbehaving_models:... imports from here
-
-
-def upstream_missing():
-    if (HARNESS / "python" / "main.py").exists():
-        return None
-    return (
-        "upstream not reachable: vendor/inference is not checked out; run 'make setup' "
-        "or point git at a mirror (README, 'Working offline')"
-    )
+from retinanet import PROJECT_ROOT, UPSTREAM, patch_series
 
 
 @pytest.fixture(scope="session")
@@ -53,31 +40,6 @@ def demo(upstream, tmp_path_factory):
         root / "models" / "random-weights" / demo_models.MODEL_FILE,
     )
     return {"root": root, "data": root / "data", "coco": coco, "models": models}
-
-
-def make(target, *settings, check=True, cwd=PROJECT_ROOT):
-    """Run `make TARGET KEY=VALUE...` and return the completed process (stdout+stderr in .stdout).
-
-    make runs in a process group of its own: when the test is stopped (its time limit,
-    Ctrl-C), the group is killed, so that no harness outlives the test."""
-    args = ["make", target, f"PYTHON={PYTHON}", *settings]
-    with subprocess.Popen(
-        args,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as running:
-        try:
-            stdout, _ = running.communicate()
-        except BaseException:
-            os.killpg(running.pid, signal.SIGKILL)
-            raise
-    proc = subprocess.CompletedProcess(args, running.returncode, stdout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"make {target} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
-    return proc
 
 
 @pytest.fixture
@@ -132,13 +94,7 @@ def project_copy(upstream, tmp_path):
             ".pytest_cache",
         ),
     )
-    pin = subprocess.run(
-        ["git", "ls-files", "--stage", "vendor/inference"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[1]
+    pin = patch_series.pinned_commit()
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run(
         ["git", "update-index", "--add", "--cacheinfo", f"160000,{pin},vendor/inference"],
@@ -172,35 +128,6 @@ def project_copy(upstream, tmp_path):
     return copy
 
 
-def processes_mentioning(text):
-    """Command lines of the processes, other than this one, whose arguments mention text."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # ended meanwhile
-            continue
-        if int(cmdline.parent.name) != os.getpid() and any(str(text) in arg for arg in args):
-            found.append(" ".join(args))
-    return found
-
-
-def git_state(repo):
-    """What `git status` and HEAD say: equal before and after means nothing changed."""
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=all"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
-    ).stdout
-    diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
-    return status, head, diff
-
-
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 
 
@@ -209,3 +136,37 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"
     )
+
+
+# The tiers. A test that uses one of these fixtures, directly or through another, needs
+# upstream, the harness or a generated model, and is slow; so is one marked slow by hand
+# (a server on loopback, a download). Every other test is fast: make test-fast runs them.
+SLOW_FIXTURES = {"upstream", "demo", "run", "project_copy", "weightless"}
+FAST_TIMEOUT_S = 60  # a fast test that hangs fails in a minute, not in pytest.ini's ten
+FAST_LIMIT_S = 5  # a fast test slower than this is named at the end of the run
+fast_seconds = {}  # nodeid: seconds, setup and teardown included
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+            continue
+        item.add_marker(pytest.mark.fast)
+        if not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT_S))
+
+
+def pytest_runtest_logreport(report):
+    if "fast" in report.keywords:
+        fast_seconds[report.nodeid] = fast_seconds.get(report.nodeid, 0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    over = sorted((s, nodeid) for nodeid, s in fast_seconds.items() if s > FAST_LIMIT_S)
+    if over:
+        terminalreporter.section(
+            f"fast tests slower than {FAST_LIMIT_S} s: make them faster, or mark them slow"
+        )
+        for seconds, nodeid in reversed(over):
+            terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")

@@ -13,8 +13,8 @@ import sys
 import time
 
 import pytest
-from conftest import PYTHON, make
 from fake_openimages import CLASSES_CSV, OTHER_CLASSES, TRAIN_CSV, VALIDATION_CSV, FakeOpenImages
+from helpers import PYTHON, make
 from loopback import FileServer, S3Server, SlowProxy
 
 from retinanet import ANNOTATIONS, IMAGE_DIR, PROJECT_ROOT

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import DEMO_USER_CONF, make
+from helpers import DEMO_USER_CONF, make
 
 from retinanet import patch_series
 

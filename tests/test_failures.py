@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_USER_CONF, TESTS, processes_mentioning
+from helpers import DEMO_USER_CONF, TESTS, processes_mentioning
 from misbehaving_models import MESSAGE
 
 # the harness's own limit when nothing was measured: failfast.Watchdog.FIRST, FLOOR

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_USER_CONF, TESTS
+from helpers import DEMO_USER_CONF, TESTS
 from misbehaving_models import Bf16Detector
 
 from retinanet import harness

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make
+from helpers import make
 from loopback import FileServer
 
 from retinanet import OFFICIAL_MODELS as OFFICIAL
@@ -50,6 +50,7 @@ def download(directory, server, *args):
     )
 
 
+@pytest.mark.slow  # a server on loopback
 def test_download_checks_md5_and_renames(model_bytes, tmp_path):
     with FileServer({PTH: model_bytes}) as server:
         proc = download(tmp_path / "models", server, "--md5", md5(model_bytes))
@@ -66,6 +67,7 @@ def test_download_checks_md5_and_renames(model_bytes, tmp_path):
     ] == md5(model_bytes)
 
 
+@pytest.mark.slow  # a server on loopback
 def test_cut_connection_is_resumed_in_the_same_run(model_bytes, tmp_path):
     with FileServer({PTH: model_bytes}) as server:
         server.cut[PTH] = (1024 * 1024, 1)  # a multiple of the 64 KB read
@@ -76,6 +78,7 @@ def test_cut_connection_is_resumed_in_the_same_run(model_bytes, tmp_path):
     assert (tmp_path / "resnext50_32x4d_fpn.pth").read_bytes() == model_bytes
 
 
+@pytest.mark.slow  # a server on loopback
 def test_connection_that_keeps_breaking_leaves_a_part_the_next_run_resumes(model_bytes, tmp_path):
     part = tmp_path / "resnext50_32x4d_fpn.pth.part"
     with FileServer({PTH: model_bytes}) as server:
@@ -95,6 +98,7 @@ def test_connection_that_keeps_breaking_leaves_a_part_the_next_run_resumes(model
     assert (tmp_path / "resnext50_32x4d_fpn.pth").read_bytes() == model_bytes and not part.exists()
 
 
+@pytest.mark.slow  # a server on loopback
 def test_wrong_checksum_is_refused_and_the_disk_left_clean(model_bytes, tmp_path):
     target = tmp_path / "models"
     with FileServer({PTH: model_bytes}) as server:
@@ -110,6 +114,7 @@ def test_wrong_checksum_is_refused_and_the_disk_left_clean(model_bytes, tmp_path
     assert not target.exists(), "a failed download left files behind"
 
 
+@pytest.mark.slow  # a server on loopback
 def test_missing_file_on_the_server_leaves_nothing(tmp_path):
     with FileServer({}) as server:
         proc = make(
@@ -127,6 +132,7 @@ def test_missing_file_on_the_server_leaves_nothing(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.slow  # a server on loopback
 def test_existing_good_file_is_kept_without_a_download(model_bytes, tmp_path):
     final = tmp_path / "resnext50_32x4d_fpn.pth"
     final.write_bytes(model_bytes)
@@ -137,6 +143,7 @@ def test_existing_good_file_is_kept_without_a_download(model_bytes, tmp_path):
     assert server.log == [] and final.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # a server on loopback
 def test_existing_other_file_is_refused_and_left_as_it_is(model_bytes, tmp_path):
     final = tmp_path / "resnext50_32x4d_fpn.pth"
     final.write_bytes(b"my own model")

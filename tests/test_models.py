@@ -8,7 +8,7 @@ import textwrap
 import onnxruntime
 import pytest
 import torch
-from conftest import DEMO_USER_CONF
+from helpers import DEMO_USER_CONF
 from torch import Tensor, nn
 
 from retinanet import demo_models, model_check, onnx_export

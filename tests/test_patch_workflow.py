@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import git_state, make
+from helpers import git_state, make
 
 from retinanet import patch_series
 
 N = len(patch_series.series())  # patches in the series
-PIN = "6776245e99dc"
+PIN = patch_series.pinned_commit()[:12]
 HARNESS = "vision/classification_and_detection"
 # the project's maintainers, as the existing patches name them
 IDENTITY = ("Seed f1b2ff61 maintainers", "maintainers@users.noreply.r-seed-f1b2ff61.example")

@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import git_state, make
+from helpers import git_state, make
 
 from retinanet import patch_series
 from retinanet.patch_series import PatchError
 
 N = len(patch_series.series())  # patches in the series
+PIN = patch_series.pinned_commit()[:12]
 
 
 def run_series(project, action):
@@ -25,7 +26,7 @@ def run_series(project, action):
 
 def test_make_check_patches_passes(upstream):
     proc = make("check-patches")
-    assert f"{N} patches: headers complete, apply and revert cleanly on 6776245e99dc" in proc.stdout
+    assert f"{N} patches: headers complete, apply and revert cleanly on {PIN}" in proc.stdout
 
 
 def test_series_is_numbered_and_documented():
@@ -63,7 +64,7 @@ def test_patch_that_no_longer_applies_is_named_with_its_file(upstream, tmp_path)
     with pytest.raises(PatchError) as error:
         patch_series.check(upstream, patch_series.series(tmp_path))
     assert str(error.value).startswith(
-        f"{patches[2].name} does not apply to 6776245e99dc: "
+        f"{patches[2].name} does not apply to {PIN}: "
         "vision/classification_and_detection/python/openimages.py"
     )
 
@@ -128,7 +129,7 @@ def test_checkout_at_another_commit_is_refused(project_copy):
     subprocess.run(["git", "checkout", "-q", "--detach", "HEAD~1"], cwd=upstream, check=True)
     proc = run_series(project_copy, "apply")
     assert proc.returncode == 1
-    assert "not at the pinned 6776245e99dc" in proc.stderr
+    assert f"not at the pinned {PIN}" in proc.stderr
 
 
 def test_project_checkout_is_fully_patched(upstream):

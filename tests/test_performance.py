@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import DEMO_USER_CONF
+from helpers import DEMO_USER_CONF
 
 from retinanet import accuracy_guard, harness, settings
 from retinanet.demo_data import generate

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_USER_CONF, PYTHON, make
+from helpers import DEMO_USER_CONF, PYTHON, make, processes_mentioning
 
 from retinanet import patch_series
 from retinanet.loadgen_log import LogError, parse
@@ -350,10 +350,8 @@ def test_interrupted_run_is_marked_failed_at_once(demo, tmp_path, earlier_run):
         )
         for line in progress
     ), progress[-3:]
-    harness = subprocess.run(
-        ["pgrep", "-f", f'--output "?{run_dir}'], capture_output=True, text=True
-    )
-    assert harness.stdout == "", "the harness must not outlive its run"
+    # main.py has --output RUN_DIR: no process of the run may outlive it
+    assert processes_mentioning(run_dir) == [], "the harness must not outlive its run"
 
 
 def test_killed_run_is_reported_failed(demo, tmp_path, earlier_run):

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 import pytest
-from conftest import DEMO_USER_CONF
+from helpers import DEMO_USER_CONF
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from retinanet import ANNOTATIONS
+from retinanet import ANNOTATIONS, patch_series
 from retinanet.demo_models import oracle_detections
 
 
@@ -139,7 +139,7 @@ def test_random_weights_model_offline_performance_is_valid(run, demo):
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed"
     assert record["settings"]["scenario"] == "Offline" and record["settings"]["warmup"] == "1"
-    assert record["upstream"]["commit"] == "6776245e99dce0600cfc9a6fb61efd310f87de3d"
+    assert record["upstream"]["commit"] == patch_series.pinned_commit()
     assert (run_dir / "user.conf").read_text() == DEMO_USER_CONF.read_text()
 
 

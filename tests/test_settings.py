@@ -9,7 +9,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from conftest import DEMO_USER_CONF, PYTHON, make
+from helpers import DEMO_USER_CONF, PYTHON, make
 
 from retinanet import PROJECT_ROOT, preflight, settings
 from retinanet.download_model import CACHE_SUFFIX

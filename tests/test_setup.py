@@ -7,11 +7,12 @@ import re
 import subprocess
 
 import yaml
-from conftest import git_state
+from helpers import git_state
 
 from retinanet import PROJECT_ROOT, UPSTREAM, patch_series
 
 N = len(patch_series.series())  # patches in the series
+PIN = patch_series.pinned_commit()
 
 
 def requirement_names():
@@ -63,21 +64,14 @@ def test_requirements_are_pinned_and_installed():
 
 
 def test_loadgen_matches_the_pinned_upstream(upstream):
-    pin = subprocess.run(
-        ["git", "ls-files", "--stage", "vendor/inference"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[1]
     assert (
         subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=UPSTREAM, capture_output=True, text=True
         ).stdout.strip()
-        == pin
+        == PIN
     )
     pinned_version = subprocess.run(
-        ["git", "show", f"{pin}:loadgen/VERSION.txt"],
+        ["git", "show", f"{PIN}:loadgen/VERSION.txt"],
         cwd=UPSTREAM,
         capture_output=True,
         text=True,
@@ -86,7 +80,7 @@ def test_loadgen_matches_the_pinned_upstream(upstream):
     assert pinned_version == "5.1.1"
     assert importlib.metadata.version("mlcommons-loadgen") == pinned_version
     tags = subprocess.run(
-        ["git", "tag", "--points-at", pin], cwd=UPSTREAM, capture_output=True, text=True
+        ["git", "tag", "--points-at", PIN], cwd=UPSTREAM, capture_output=True, text=True
     ).stdout
     assert "v5.1.1" in tags.split()
 
@@ -100,7 +94,7 @@ def test_setup_twice_changes_nothing(upstream):
     second = subprocess.run(["./setup.sh"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
-        "setup: upstream at 6776245e99dc: up to date",
+        f"setup: upstream at {PIN[:12]}: up to date",
         f"setup: patch series already applied ({N} patches)",
         "setup: environment .venv: up to date",
         "setup: LoadGen 5.1.1: imports",
@@ -132,7 +126,7 @@ def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
         ["./setup.sh", "upstream", "patch"], cwd=project_copy, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    assert "setup: upstream at 6776245e99dc" in proc.stdout
+    assert f"setup: upstream at {PIN[:12]}" in proc.stdout
     assert proc.stdout.count("setup: applied 0") == N
     listing = subprocess.run(
         ["git", "sparse-checkout", "list"], cwd=upstream, capture_output=True, text=True, check=True
@@ -142,7 +136,7 @@ def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
     status = subprocess.run(
         ["git", "submodule", "status"], cwd=project_copy, capture_output=True, text=True
     ).stdout
-    assert status.split()[:2] == ["6776245e99dce0600cfc9a6fb61efd310f87de3d", "vendor/inference"]
+    assert status.split()[:2] == [PIN, "vendor/inference"]
 
 
 def test_setup_without_upstream_says_how_to_use_a_mirror(project_copy):

@@ -11,7 +11,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import make
+from helpers import make
 
 from retinanet import ANNOTATIONS, IMAGE_DIR, PROJECT_ROOT
 
