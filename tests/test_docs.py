@@ -144,6 +144,7 @@ def checkout_state():
     return state
 
 
+@pytest.mark.slow  # a make -n per documented command: about 10 s
 @pytest.mark.timeout(120)
 def test_the_documented_commands_are_valid_and_make_n_writes_nothing():
     readme = make_lines(README)
