@@ -191,6 +191,14 @@ bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference 
 	$(PYTHON) -m retinanet.bench --data-dir '$(BENCH_DATA_DIR)' --model '$(BENCH_MODEL)' \
 	  --count '$(BENCH_COUNT)' --device '$(DEVICE)' --results-dir '$(RESULTS_DIR)'
 
+## make bench-harness: samples per Offline run, and queries per SingleStream run
+BENCH_HARNESS_SAMPLES ?= 4096
+
+.PHONY: bench-harness
+bench-harness: setup $(DEMO_DATA) ## The harness's own ceiling: a zero-cost model (0/100/300 detections), with and without the vectorized-post-processing and loaded-samples-in-place patches
+	$(PYTHON) -m retinanet.bench_harness --data-dir '$(BENCH_DATA_DIR)' \
+	  --samples '$(BENCH_HARNESS_SAMPLES)' --results-dir '$(RESULTS_DIR)'
+
 ##@ Development
 
 # the project's own shell scripts (the Makefile's recipes are checked by running them)

@@ -405,7 +405,8 @@ def export(upstream=UPSTREAM, patch_dir=PATCH_DIR, base=None):
         for number, (commit, mail, topic) in enumerate(zip(commits, mails, topics), start=1):
             head, separator, diff = mail.read_bytes().partition(b"\n---\n")
             patch = Path(tmp) / f"{number:04d}-{topic}.patch"
-            patch.write_bytes(TOPIC.sub(b"", head) + separator + diff)
+            # a Patch-Topic line in a paragraph of its own leaves a blank line: drop it too
+            patch.write_bytes(TOPIC.sub(b"", head).rstrip(b"\n") + separator + diff)
             patches.append(patch)
             by_name[patch.name] = commit
         problems = header_problems(patches)

@@ -219,11 +219,12 @@ def test_export_refuses_a_commit_without_upstream_status(project):
     assert git(upstream, "rev-parse", "HEAD").strip() == head
     assert git(upstream, "branch", "--show-current") == "patches\n"
 
-    git(upstream, "commit", "-q", "--amend", "-m", NEW_MESSAGE + "\nUpstream-Status: Pending\n")
-    assert (
-        f"wrote {N + 1:04d}-readme-mention-the-overlay.patch"
-        in make("patch-export", cwd=project).stdout
-    )
+    # the trailer added, and a topic of the maintainer's own in a paragraph of its own
+    message = NEW_MESSAGE + "\nUpstream-Status: Pending\n\nPatch-Topic: overlay-readme\n"
+    git(upstream, "commit", "-q", "--amend", "-m", message)
+    name = f"{N + 1:04d}-overlay-readme.patch"
+    assert f"wrote {name}" in make("patch-export", cwd=project).stdout
+    assert "\nUpstream-Status: Pending\n---\n" in patch_files(project)[name].decode()
 
 
 @pytest.mark.timeout(60)
