@@ -80,3 +80,13 @@ def git_state(repo):
         ["git", "diff", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
     return status, head, diff
+
+
+def patch_series_in(project, action):
+    """`python -m retinanet.patch_series ACTION` in a project copy, as make runs it there."""
+    return subprocess.run(
+        [sys.executable, "-m", "retinanet.patch_series", action],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )

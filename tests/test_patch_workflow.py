@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import git_state, make
+from helpers import git_state, make, patch_series_in
 
 from retinanet import patch_series
 
@@ -35,15 +35,6 @@ def git(repo, *args, env=None, stdin=None):
     )
     assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr}"
     return proc.stdout
-
-
-def series(project, action):
-    return subprocess.run(
-        [sys.executable, "-m", "retinanet.patch_series", action],
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
 
 
 def patch_files(project):
@@ -78,7 +69,7 @@ def project(project_copy, monkeypatch):
     for role in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{role}_NAME", IDENTITY[0])
         monkeypatch.setenv(f"GIT_{role}_EMAIL", IDENTITY[1])
-    applied = series(project_copy, "apply")
+    applied = patch_series_in(project_copy, "apply")
     assert applied.returncode == 0, applied.stderr
     return project_copy
 
@@ -104,7 +95,7 @@ def test_edit_then_export_changes_no_byte(project):
     assert patch_files(project) == before
     assert git_state(upstream) == state  # detached at the pin, the series applied
     assert git(upstream, "branch", "--list", "patches") == ""
-    assert series(project, "verify").stdout == f"upstream {PIN} with {N} patches applied\n"
+    assert patch_series_in(project, "verify").stdout == f"upstream {PIN} with {N} patches applied\n"
     assert f"{N} patches: headers complete" in make("check-patches", cwd=project).stdout
 
 
@@ -143,7 +134,7 @@ def test_amended_commit_changes_only_its_patch(project):
     assert after.keys() == before.keys()
     assert [changed for changed in after if after[changed] != before[changed]] == [name]
     assert b"\n+# the overlay's run_eval.sh calls this script\n" in after[name]
-    assert series(project, "verify").returncode == 0
+    assert patch_series_in(project, "verify").returncode == 0
     make("check-patches", cwd=project)
 
 
@@ -188,7 +179,10 @@ def test_new_commit_becomes_a_numbered_patch(project, tmp_path):
     )
     assert "\nUpstream-Status: Inappropriate [overlay layout]\n---\n" in text
     assert "Patch-Topic" not in text and "\n-- \n" not in text
-    assert series(project, "verify").stdout == f"upstream {PIN} with {N + 1} patches applied\n"
+    assert (
+        patch_series_in(project, "verify").stdout
+        == f"upstream {PIN} with {N + 1} patches applied\n"
+    )
     make("check-patches", cwd=project)
 
     # from now on the new patch keeps its name and bytes too
@@ -248,7 +242,10 @@ def test_rebase_onto_a_later_upstream_commit_moves_the_pin(project, tmp_path):
     assert patch_files(project) == before  # nothing around the patches changed
     assert git(upstream, "rev-parse", "HEAD").strip() == later
     assert (upstream / news).read_text() == "News of the harness.\n"
-    assert series(project, "verify").stdout == f"upstream {later[:12]} with {N} patches applied\n"
+    assert (
+        patch_series_in(project, "verify").stdout
+        == f"upstream {later[:12]} with {N} patches applied\n"
+    )
     assert f"apply and revert cleanly on {later[:12]}" in make("check-patches", cwd=project).stdout
 
 
@@ -271,7 +268,8 @@ def test_rebase_drops_a_patch_upstream_has_taken(project):
     assert patch_files(project) == expected
     assert pinned(project) == taken
     assert (
-        series(project, "verify").stdout == f"upstream {taken[:12]} with {N - 1} patches applied\n"
+        patch_series_in(project, "verify").stdout
+        == f"upstream {taken[:12]} with {N - 1} patches applied\n"
     )
 
 
@@ -303,7 +301,7 @@ def test_rebase_stops_at_the_patch_that_conflicts(project):
     ):
         assert step in proc.stdout
     assert pinned(project).startswith(PIN) and patch_files(project) == before
-    refused = series(project, "verify")
+    refused = patch_series_in(project, "verify")
     assert refused.returncode == 1 and "write them back with 'make patch-export'" in refused.stderr
 
     # the maintainer's fix: the patch's version of the file, with upstream's change in it
@@ -320,5 +318,5 @@ def test_rebase_stops_at_the_patch_that_conflicts(project):
     assert f"pin moved: vendor/inference {PIN} -> {conflicting[:12]}, staged" in done.stdout
     assert pinned(project) == conflicting
     assert f"+                {new}\n".encode() in patch_files(project)[name]
-    assert series(project, "verify").returncode == 0
+    assert patch_series_in(project, "verify").returncode == 0
     make("check-patches", cwd=project)

@@ -3,25 +3,15 @@ series, local edits, and a patch that no longer applies."""
 
 import shutil
 import subprocess
-import sys
 
 import pytest
-from helpers import git_state, make
+from helpers import git_state, make, patch_series_in
 
 from retinanet import patch_series
 from retinanet.patch_series import PatchError
 
 N = len(patch_series.series())  # patches in the series
 PIN = patch_series.pinned_commit()[:12]
-
-
-def run_series(project, action):
-    return subprocess.run(
-        [sys.executable, "-m", "retinanet.patch_series", action],
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_make_check_patches_passes(upstream):
@@ -73,17 +63,17 @@ def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
     upstream = project_copy / "vendor" / "inference"
     pristine = git_state(upstream)
 
-    first = run_series(project_copy, "apply")
+    first = patch_series_in(project_copy, "apply")
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("applied 0") == N
     patched = git_state(upstream)
     assert patched != pristine
 
-    again = run_series(project_copy, "apply")
+    again = patch_series_in(project_copy, "apply")
     assert again.returncode == 0 and again.stdout == f"patch series already applied ({N} patches)\n"
     assert git_state(upstream) == patched
 
-    reverted = run_series(project_copy, "revert")
+    reverted = patch_series_in(project_copy, "revert")
     assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == N
     assert git_state(upstream) == pristine
 
@@ -94,17 +84,17 @@ def test_half_applied_series_is_reported_then_finished(project_copy):
     for patch in first_two:
         subprocess.run(["git", "apply", "--index", str(patch)], cwd=upstream, check=True)
 
-    verify = run_series(project_copy, "verify")
+    verify = patch_series_in(project_copy, "verify")
     assert verify.returncode == 1
     assert (
         f"holds 2 of the {N} patches (next: 0003-images-in-validation-data.patch); "
         "run 'make patch'" in verify.stderr
     )
 
-    finish = run_series(project_copy, "apply")
+    finish = patch_series_in(project_copy, "apply")
     assert finish.returncode == 0
     assert finish.stdout.splitlines()[0] == "applied 0003-images-in-validation-data.patch"
-    assert run_series(project_copy, "verify").returncode == 0
+    assert patch_series_in(project_copy, "verify").returncode == 0
 
 
 def test_local_edits_are_refused_and_kept(project_copy):
@@ -114,7 +104,7 @@ def test_local_edits_are_refused_and_kept(project_copy):
     before = git_state(upstream)
 
     for action in ("apply", "revert"):
-        proc = run_series(project_copy, action)
+        proc = patch_series_in(project_copy, action)
         assert proc.returncode == 1
         assert (
             "has local edits that are not the patch series "
@@ -127,7 +117,7 @@ def test_local_edits_are_refused_and_kept(project_copy):
 def test_checkout_at_another_commit_is_refused(project_copy):
     upstream = project_copy / "vendor" / "inference"
     subprocess.run(["git", "checkout", "-q", "--detach", "HEAD~1"], cwd=upstream, check=True)
-    proc = run_series(project_copy, "apply")
+    proc = patch_series_in(project_copy, "apply")
     assert proc.returncode == 1
     assert f"not at the pinned {PIN}" in proc.stderr
 
