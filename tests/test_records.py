@@ -296,6 +296,9 @@ def start_long_run(demo, results, cache, *settings):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # Ctrl-C as in a terminal, even when the tests run with SIGINT ignored (started
+        # with '&' or nohup): bash cannot trap a signal that was ignored when it started
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
