@@ -34,7 +34,8 @@ UPSTREAM_STATUS = re.compile(
 EDIT_BRANCH = "patches"
 # A line that patch-edit adds to each commit message and export takes out again: it keeps
 # the patch's file name through amend, reorder and rebase. Numbers follow the position.
-TOPIC = re.compile(rb"\nPatch-Topic: ([^\n]*)")
+TOPIC = "Patch-Topic: "
+TOPIC_LINE = re.compile(rb"\n" + TOPIC.encode() + rb"[^\n]*")
 # Everything a clone or a user's git config could vary is set, so that exporting an
 # unchanged series gives the same bytes anywhere (--full-index: the abbreviation length
 # of the "index" lines depends on how many objects the clone holds).
@@ -271,13 +272,24 @@ def in_progress(upstream):
     return None
 
 
+def refuse_stopped(upstream, then):
+    """Raise while a git rebase or am in upstream waits to be finished or dropped."""
+    stopped = in_progress(upstream)
+    if stopped:
+        raise PatchError(
+            f"{upstream} is in the middle of a git {stopped}: finish it "
+            f"('git -C {upstream} {stopped} --continue') or drop it "
+            f"('git -C {upstream} {stopped} --abort'), then {then}"
+        )
+
+
 def is_ancestor(upstream, older, newer):
     proc = git("merge-base", "--is-ancestor", older, newer, cwd=upstream, check=False)
     return proc.returncode == 0
 
 
 def file_topic(name):
-    """0011-openimages-download-errors.patch -> openimages-download-errors"""
+    """0011-openimages-resume.patch -> openimages-resume"""
     return name[len("0000-") : -len(".patch")]
 
 
@@ -299,10 +311,10 @@ def commit_topics(upstream, revisions):
     topics = []
     for entry in filter(None, (entry.lstrip("\n") for entry in log.split("\0"))):
         commit, _, message = entry.partition("\n")
-        found = re.findall(r"^Patch-Topic: (.*)$", message, re.M)
+        found = re.findall(rf"^{TOPIC}(.*)$", message, re.M)
         if found and not PATCH_NAME.match(f"0000-{found[0]}.patch"):
             raise PatchError(
-                f"commit {commit[:12]}: 'Patch-Topic: {found[0]}' is not a file topic "
+                f"commit {commit[:12]}: '{TOPIC}{found[0]}' is not a file topic "
                 "(a-z, 0-9, '.' and '-')"
             )
         topics.append(found[0] if found else slug(message.partition("\n")[0]))
@@ -342,7 +354,7 @@ def edit(upstream=UPSTREAM, patches=None, pin=None):
             head, separator, diff = patch.read_bytes().partition(b"\n---\n")
             mail = Path(tmp) / patch.name
             mail.write_bytes(
-                head + f"\nPatch-Topic: {file_topic(patch.name)}".encode() + separator + diff
+                head + f"\n{TOPIC}{file_topic(patch.name)}".encode() + separator + diff
             )
             mails.append(str(mail))
         # the series leaves the index and work tree, to come back as commits
@@ -363,13 +375,7 @@ def export(upstream=UPSTREAM, patch_dir=PATCH_DIR, base=None):
     series applied to index and work tree, branch 'patches' gone."""
     base = base or pinned_commit()
     require_checkout(upstream)
-    stopped = in_progress(upstream)
-    if stopped:
-        raise PatchError(
-            f"{upstream} is in the middle of a git {stopped}: finish it "
-            f"('git -C {upstream} {stopped} --continue') or drop it "
-            f"('git -C {upstream} {stopped} --abort') first"
-        )
+    refuse_stopped(upstream, "export again")
     if branch(upstream) != EDIT_BRANCH:
         raise PatchError(
             f"{upstream} is not on branch '{EDIT_BRANCH}': run 'make patch-edit' first"
@@ -406,7 +412,7 @@ def export(upstream=UPSTREAM, patch_dir=PATCH_DIR, base=None):
             head, separator, diff = mail.read_bytes().partition(b"\n---\n")
             patch = Path(tmp) / f"{number:04d}-{topic}.patch"
             # a Patch-Topic line in a paragraph of its own leaves a blank line: drop it too
-            patch.write_bytes(TOPIC.sub(b"", head).rstrip(b"\n") + separator + diff)
+            patch.write_bytes(TOPIC_LINE.sub(b"", head).rstrip(b"\n") + separator + diff)
             patches.append(patch)
             by_name[patch.name] = commit
         problems = header_problems(patches)
@@ -475,13 +481,7 @@ def rebase(onto, upstream=UPSTREAM, patch_dir=PATCH_DIR, project=PROJECT_ROOT):
     require_checkout(upstream)
     target = resolve(upstream, onto)
     where = target[:12] if target.startswith(onto) else f"{target[:12]} ({onto})"
-    stopped = in_progress(upstream)
-    if stopped:
-        raise PatchError(
-            f"{upstream} is in the middle of a git {stopped}: finish it "
-            f"(git -C {upstream} rebase --continue) or drop it (git -C {upstream} rebase --abort), "
-            f"then run 'make patch-rebase ONTO={onto}' again"
-        )
+    refuse_stopped(upstream, f"run 'make patch-rebase ONTO={onto}' again")
     if branch(upstream) != EDIT_BRANCH:
         edit(upstream, series(patch_dir), pin)
     if not rebased(upstream, pin, target):
