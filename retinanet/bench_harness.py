@@ -13,7 +13,6 @@ SingleStream the mean latency per query, which with this model is the harness's 
 import argparse
 import datetime
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, patch_series, settings
-from retinanet.bench import machine, machine_line
+from retinanet.bench import machine, machine_line, summary_value
 
 # the patches whose effect is measured, by topic: the unpatched tree has every other one
 MEASURED = ("vectorized-post-processing", "loaded-samples-in-place")
@@ -126,10 +125,9 @@ def harness_run(harness, model, data_dir, scenario, batch, threads, conf, out):
     summary = out / "mlperf_log_summary.txt"
     if proc.returncode != 0 or not summary.exists():
         sys.exit(f"bench-harness: the run in {out} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    text = summary.read_text()
     if scenario == "Offline":
-        return float(re.search(r"^Samples per second: ([0-9.e+-]+)", text, re.M).group(1))
-    return float(re.search(r"^Mean latency \(ns\)\s*: (\d+)", text, re.M).group(1)) / 1e6
+        return summary_value(out, r"^Samples per second: ([0-9.e+-]+)")
+    return summary_value(out, r"^Mean latency \(ns\)\s*: (\d+)") / 1e6
 
 
 def table(rows):
