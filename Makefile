@@ -146,6 +146,37 @@ report: ## Markdown report and PNG plots over the runs in RESULTS_DIR (RUNS=... 
 compare: ## Two runs side by side, with ratios and what makes them unfair to compare: A=<run> B=<run>
 	$(PYTHON) -m retinanet.compare --results '$(RESULTS_DIR)' '$(A)' '$(B)'
 
+##@ Submission (MLPerf v5.1 rules: docs/submission.md)
+
+## make compliance: the performance run to audit, a folder name under RESULTS_DIR or a path
+RUN ?=
+## make compliance: the accuracy run TEST01 compares with (empty: the newest of the same model and dataset)
+ACCURACY_RUN ?=
+## make submission: the submitting organization (the submitter folder's name)
+ORG ?=
+## make submission: the system's name (systems/<SYSTEM>.json)
+SYSTEM ?=
+## make submission: closed (official model, compliance, calibration.md) or open
+DIVISION ?= open
+## make submission: datacenter or edge (the scenarios the checker requires)
+CATEGORY ?= datacenter
+## make submission: a JSON file of system fields that cannot be detected (memory, storage, ...)
+SYSTEM_JSON ?=
+## make submission: where the submission tree, the checker's log and the accuracy-log backup go
+SUBMISSION_DIR ?= $(RESULTS_DIR)/submission
+
+.PHONY: compliance
+compliance: ## TEST01 for RUN=<performance run>: the run again with upstream's audit.config, then run_verification.py
+	$(PYTHON) -m retinanet.compliance --results '$(RESULTS_DIR)' $(call quote,$(RUN)) \
+	  $(if $(ACCURACY_RUN),--accuracy $(call quote,$(ACCURACY_RUN)))
+
+.PHONY: submission
+submission: ## Upstream's v5.1 tree from RUNS (ORG, SYSTEM, DIVISION, CATEGORY), truncated, then submission_checker.py
+	$(PYTHON) -m retinanet.submission --results '$(RESULTS_DIR)' --runs $(call quote,$(RUNS)) \
+	  --org $(call quote,$(ORG)) --system $(call quote,$(SYSTEM)) --division '$(DIVISION)' \
+	  --category '$(CATEGORY)' --out $(call quote,$(SUBMISSION_DIR)) \
+	  $(if $(SYSTEM_JSON),--system-json $(call quote,$(SYSTEM_JSON)))
+
 ##@ Demo (no downloads: a generated dataset and generated models)
 
 DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json

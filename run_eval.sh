@@ -6,7 +6,8 @@
 #   run_eval.sh performance   LoadGen PerformanceOnly: VALID/INVALID, samples/s or latency
 #
 # Settings come from the environment: every variable in retinanet/settings.py's table (make
-# passes them all; `make help` lists them). retinanet/preflight.py validates and resolves them
+# passes them all; `make help` lists them). COMPLIANCE_TEST=TEST01 (set by `make compliance`)
+# makes the performance run upstream's TEST01 audit: its audit.config, its own folder name. retinanet/preflight.py validates and resolves them
 # all before anything else happens, and prints them back as shell assignments.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,9 +46,20 @@ checked=$("$PYTHON" -m retinanet.preflight "$mode") || exit 2
 eval "$checked"
 mkdir -p "$CACHE"
 
+COMPLIANCE_TEST=${COMPLIANCE_TEST:-}
+audit_args=()
+if [ -n "$COMPLIANCE_TEST" ]; then
+  # RetinaNet's only compliance test; LoadGen reads the audit settings from this file
+  audit=$ROOT/vendor/inference/compliance/$COMPLIANCE_TEST/retinanet/audit.config
+  [ "$COMPLIANCE_TEST" = TEST01 ] && [ "$mode" = performance ] ||
+    die "COMPLIANCE_TEST=$COMPLIANCE_TEST: only TEST01, on a performance run, applies to RetinaNet"
+  [ -f "$audit" ] || die "$audit not found: run './setup.sh upstream' (make setup)"
+  audit_args=(--audit_conf "$audit")
+fi
+
 # A new folder per run: mkdir fails rather than reuse one another run made.
 mkdir -p "$RESULTS_DIR"
-base=$RESULTS_DIR/$(date -u +%Y%m%d-%H%M%S)-$mode-$SCENARIO-$DEVICE
+base=$RESULTS_DIR/$(date -u +%Y%m%d-%H%M%S)-$mode${COMPLIANCE_TEST:+-$COMPLIANCE_TEST}-$SCENARIO-$DEVICE
 run_dir=$base
 for n in $(seq 2 100); do
   mkdir "$run_dir" 2>/dev/null && break
@@ -55,7 +67,7 @@ for n in $(seq 2 100); do
 done
 [ -d "$run_dir" ] || die "could not create a run folder under $RESULTS_DIR"
 cp "$USER_CONF" "$run_dir/user.conf"
-args=("${harness_args[@]}" --user_conf "$run_dir/user.conf")
+args=("${harness_args[@]}" --user_conf "$run_dir/user.conf" "${audit_args[@]}")
 [ "$mode" = accuracy ] && args+=(--accuracy)
 
 finished=
@@ -83,6 +95,7 @@ trap '[ -z "$harness" ] || stop_tree "$harness"; exit 143' TERM
 
 # run.json is written while the harness starts (both take seconds, each on one core)
 "$PYTHON" -m retinanet.run_record start "$run_dir" --pid $$ --settings "$SETTINGS_JSON" \
+  ${COMPLIANCE_TEST:+--compliance "$COMPLIANCE_TEST"} \
   -- ./run_local.sh "$BACKEND" retinanet "$DEVICE" "${args[@]}" &
 recorder=$!
 
@@ -131,6 +144,8 @@ else
 fi
 finished=yes
 "$PYTHON" -m retinanet.run_record finish "$run_dir" --status completed
+# the v5.1 run rules' verdict, which finish wrote into summary.json
+"$PYTHON" -m retinanet.rules "$run_dir" >>"$run_dir/result.txt"
 echo
 cat "$run_dir/result.txt"
 echo "run folder: $run_dir"

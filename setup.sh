@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 UPSTREAM=vendor/inference
-SPARSE_PATHS=(vision/classification_and_detection loadgen calibration/openimages)
+SPARSE_PATHS=(vision/classification_and_detection loadgen calibration/openimages tools/submission compliance/TEST01)
 ENV_KIND=${ENV_KIND:-venv}
 VENV=${VENV:-.venv}
 CONDA_ENV=retinanet

@@ -17,6 +17,7 @@ import numpy as np
 
 from retinanet import ANNOTATIONS, IMAGE_DIR
 from retinanet.classes import mlperf_classes
+from retinanet.rules import DEMO_DATASET
 
 # The code strip: CODE_BITS cells across the top CODE_STRIP_FRACTION of the image.
 CODE_BITS = 16
@@ -133,7 +134,8 @@ def generate(out_dir, num_images=12, seed=0):
             )
 
     coco = {
-        "info": {"dataset": "openimages_mlperf", "version": "v6"},
+        # the downloader's info, and what made it: a run on it is a demo run (rules.py)
+        "info": {"dataset": "openimages_mlperf", "version": "v6", "generated_by": DEMO_DATASET},
         "licenses": [],
         "categories": [
             {"id": i, "name": name, "supercategory": None} for i, name in enumerate(classes)

@@ -1,6 +1,6 @@
 """Write run.json in a run folder: how the run was made, and how it ended.
 
-    run_record.py start RUN_DIR [--pid PID] --settings JSON -- COMMAND...
+    run_record.py start RUN_DIR [--pid PID] --settings JSON [--compliance TEST01] -- COMMAND...
     run_record.py finish RUN_DIR --status completed|failed [--reason TEXT]
 
 `finish` also writes summary.json (run_summary.py). A completed run whose logs cannot be
@@ -16,11 +16,14 @@ import platform
 import sys
 from pathlib import Path
 
-from retinanet import ANNOTATIONS, PROJECT_ROOT, UPSTREAM, run_summary
+from retinanet import ANNOTATIONS, IMAGE_DIR, PROJECT_ROOT, UPSTREAM, run_summary
 from retinanet.download_model import cached_md5
 from retinanet.files import file_digest, write_json
 from retinanet.patch_series import PATCH_DIR, PatchError, applied_count, pinned_commit, series
+from retinanet.preflight import dataset_warnings
+from retinanet.rules import DEMO_DATASET
 from retinanet.settings import rerun_command
+from retinanet.verify_dataset import MANIFEST
 
 RECORD = "run.json"
 
@@ -138,14 +141,33 @@ def dataset_facts(data_dir, images_used):
         "images_used": int(images_used) if images_used else None,
     }
     if annotations.is_file():
-        facts["images_total"] = len(json.loads(annotations.read_text())["images"])
+        coco = json.loads(annotations.read_text())
+        facts["images_total"] = len(coco["images"])
         facts["annotations_md5"] = file_digest(annotations)
+        facts["generated"] = (coco.get("info") or {}).get("generated_by") == DEMO_DATASET
+        facts["manifest"] = manifest_facts(data_dir)
     return facts
 
 
-def start(run_dir, settings, command, pid=None, requested=None):
+def manifest_facts(data_dir):
+    """What verify-dataset's manifest says, and whether the dataset still matches it (sizes):
+    the v5.1 verdict needs the whole set, verified."""
+    path = Path(data_dir) / IMAGE_DIR.parent / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {
+        "written": manifest.get("written"),
+        "images": manifest.get("images"),
+        "max_images": manifest.get("max_images"),
+        "matches": not dataset_warnings(data_dir, 0),
+    }
+
+
+def start(run_dir, settings, command, pid=None, requested=None, compliance=None):
     """settings: every setting as resolved (settings.record), with the mode, images and cache
-    folder; requested: as given."""
+    folder; requested: as given; compliance: the compliance test this run is (TEST01)."""
     record = {
         "status": "running",
         "started": now(),
@@ -166,6 +188,9 @@ def start(run_dir, settings, command, pid=None, requested=None):
             **accelerator(),
         },
     }
+    if compliance:
+        record["compliance"] = {"test": compliance}
+        record["rerun"] = f"COMPLIANCE_TEST={compliance} {record['rerun']}"
     if settings.get("user_conf") and Path(settings["user_conf"]).is_file():
         record["user_conf"] = {
             "path": settings["user_conf"],
@@ -211,6 +236,7 @@ def main():
         metavar="JSON",
         help='{"settings": {...}, "requested": {...}}, as preflight.py prints it',
     )
+    p_start.add_argument("--compliance", help="the compliance test this run is: TEST01")
     p_finish = sub.add_parser("finish")
     p_finish.add_argument("run_dir")
     p_finish.add_argument("--status", required=True, choices=["completed", "failed"])
@@ -221,7 +247,14 @@ def main():
     command = argv[split + 1 :]
     if args.action == "start":
         given = json.loads(args.settings)
-        start(args.run_dir, given["settings"], command, args.pid, given["requested"])
+        start(
+            args.run_dir,
+            given["settings"],
+            command,
+            args.pid,
+            given["requested"],
+            args.compliance,
+        )
     else:
         error = finish(args.run_dir, args.status, args.reason)
         if error:

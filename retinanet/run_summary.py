@@ -1,8 +1,9 @@
 """Write summary.json in a run folder: what the run measured.
 
 LoadGen's result (loadgen_log.py: scenario, mode, VALID/INVALID and every reason, samples/s,
-latency percentiles, early stopping, warnings and errors) and, for an accuracy run, the mAP
-against the MLPerf target. run_record.py finish calls write(); the command line re-reads
+latency percentiles, early stopping, warnings and errors), for an accuracy run the mAP
+against the MLPerf target, and for a completed run the verdict of the v5.1 run rules
+(rules.py). run_record.py finish calls write(); the command line re-reads
 a run folder and prints the summary without writing anything.
 
     python -m retinanet.run_summary RUN_DIR
@@ -13,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+from retinanet import rules
 from retinanet.files import write_json
 from retinanet.loadgen_log import LogError, parse
 
@@ -65,6 +67,9 @@ def summarize(run_dir, status="completed", reason=None):
             summary["accuracy"] = found
         else:
             summary.update(found)
+    if status == "completed":
+        # would MLPerf accept it: the v5.1 run rules (rules.py)
+        summary["rules"] = rules.verdict(run_dir, record, summary.get("accuracy"))
     return summary
 
 
