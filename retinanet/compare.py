@@ -85,6 +85,12 @@ def figures(run):
     ]
     if run.accuracy:
         rows.append(("mAP %", run.accuracy["map"]))
+    verdict = s.get("rules")
+    if verdict:
+        missed = "meets" if verdict["meets"] else f"misses {len(verdict['missed'])}"
+        rows.append(("v5.1 run rules", ("DEMO RUN, " if verdict.get("demo") else "") + missed))
+    if (s.get("compliance") or {}).get("passed") is not None:
+        rows.append(("TEST01", "passed" if s["compliance"]["passed"] else "failed"))
     metric = s.get("metric") or {}
     if metric.get("value") is not None:
         value = metric["value"] / 1e6 if metric["unit"] == "ns" else metric["value"]

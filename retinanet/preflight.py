@@ -7,7 +7,8 @@ them), checks the dataset, the model file and the GPU, then the model itself
 run_eval.sh: every setting as resolved, the image count, the cache folder, the harness's
 and the accuracy guard's arguments, and run.json's settings. Exits with one line per
 problem. Warns (on stderr, without failing) when the model is not the official file of
-its format, the dataset differs from its manifest, or COUNT exceeds the dataset.
+its format, the dataset differs from its manifest, COUNT exceeds the dataset, or a setting
+keeps the run from meeting the v5.1 run rules (rules.py; not for the demo's user.conf).
 
     python -m retinanet.preflight accuracy|performance
 """
@@ -218,6 +219,17 @@ def check(environ):
     return resolved, requested, images, found
 
 
+def rules_warnings(mode, resolved, images):
+    """The settings that keep the run from meeting the v5.1 rules (rules.py); none without
+    upstream's checker to read them from."""
+    from retinanet import loadgen_log, rules
+
+    try:
+        return rules.preflight_warnings(mode, resolved, images)
+    except loadgen_log.LogError:
+        return []
+
+
 def model_contract(resolved, images):
     """Safe to load, and the output contract kept (model_check.py): its one line, or SystemExit."""
     from retinanet import model_check
@@ -266,6 +278,7 @@ def main():
     parser.add_argument("mode", choices=["accuracy", "performance"])
     args = parser.parse_args()
     resolved, requested, images, found = check(os.environ)
+    found += rules_warnings(args.mode, resolved, images)
     for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
     print(model_contract(resolved, images), file=sys.stderr)

@@ -124,6 +124,30 @@ def tree(state, length=10):
     return state["commit"][:length] + (" (dirty)" if state.get("dirty") else "")
 
 
+def rules_text(verdict):
+    """The v5.1 verdict on one line: a demo label, then meets, or each rule missed."""
+    text = "**DEMO RUN**, not a result; " if verdict.get("demo") else ""
+    if verdict["meets"]:
+        return text + f"meets the {verdict['rules']} run rules"
+    missed = "; ".join(f"{m['rule']}: {m['had']} (needs {m['needs']})" for m in verdict["missed"])
+    return text + f"misses {len(verdict['missed'])} {verdict['rules']} rules: {missed}"
+
+
+def compliance_text(outcome):
+    text = (
+        f"{outcome['test']} {'passed' if outcome['passed'] else '**failed**'} "
+        f"(of `{outcome['of']}`): accuracy check {outcome['accuracy']}, "
+        f"performance check {outcome['performance']}"
+    )
+    if "fallback" in outcome:
+        fallback = outcome["fallback"]
+        text += (
+            f", fallback mAP delta {fallback.get('delta_percent')}% "
+            f"({'passed' if fallback['passed'] else 'failed'})"
+        )
+    return text
+
+
 def render(runs, results_dir, plots):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -210,6 +234,23 @@ def render(runs, results_dir, plots):
             ),
             "",
         ]
+
+    judged = [run for run in runs if run.status == "completed" and run.summary.get("rules")]
+    if judged:
+        lines += [
+            "## MLPerf v5.1 run rules",
+            "",
+            "Would MLPerf accept the run: upstream's v5.1 rules, checked on its LoadGen log, "
+            "model MD5 and dataset manifest. A demo run is a check of the pipeline, not a result.",
+            "",
+        ]
+        for run in judged:
+            verdict = rules_text(run.summary["rules"])
+            lines.append(f"- `{run.name}`: {verdict}")
+            compliance = run.summary.get("compliance")
+            if compliance and "passed" in compliance:
+                lines.append(f"  - {compliance_text(compliance)}")
+        lines.append("")
 
     unfinished = [run for run in runs if run.status != "completed"]
     if unfinished:

@@ -196,6 +196,74 @@ def verdict(run_dir, record, accuracy=None):
     return {"rules": VERSION, "meets": not found, "demo": demo, "missed": found}
 
 
+def conf_values(path, scenario):
+    """What a user.conf sets for RetinaNet in this scenario: {key: number}."""
+    found = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) != 3 or words[1] != "=":
+            continue
+        parts = words[0].split(".")
+        if len(parts) == 3 and parts[0] in (MODEL, "*") and parts[1] in (scenario, "*"):
+            try:
+                found[parts[2]] = float(words[2])
+            except ValueError:
+                continue
+    return found
+
+
+def preflight_warnings(mode, resolved, images):
+    """Before a run: the settings that keep it from meeting the v5.1 rules, one line each.
+    None for a demo run (the demo's user.conf): it is short on purpose."""
+    conf = resolved.get("USER_CONF")
+    if conf and Path(conf).is_file() and DEMO_USER_CONF.is_file():
+        if Path(conf).read_text() == DEMO_USER_CONF.read_text():
+            return []
+    rules = values()
+    found = []
+    if mode == "accuracy":
+        if images < rules["dataset_size"]:
+            found.append(
+                f"an accuracy run for a submission covers all {rules['dataset_size']:,} images; "
+                f"this one has {images:,} (COUNT, or DATA_DIR's dataset)"
+            )
+        return [f"v5.1 rules: {line}" for line in found]
+    scenario = resolved["SCENARIO"]
+    given = conf_values(conf, scenario) if conf and Path(conf).is_file() else {}
+    where = f"USER_CONF={conf}"
+    if given.get("min_duration", rules["min_duration_ms"]) < rules["min_duration_ms"]:
+        found.append(
+            f"{where} sets min_duration {given['min_duration']:g} ms; the rules need "
+            f"{rules['min_duration_ms']} ms"
+        )
+    if resolved.get("TIME"):
+        found.append(
+            f"TIME={resolved['TIME']} sets the run's duration; the rules need 600 s or more"
+        )
+    count = given.get("performance_sample_count_override")
+    if count and count < rules["performance_sample_count"]:
+        found.append(
+            f"{where} sets performance_sample_count_override {count:g}; the rules need "
+            f"{rules['performance_sample_count']} or more"
+        )
+    for seed, needed in rules["seeds"].items():
+        if seed in given and int(given[seed]) != needed:
+            found.append(f"{where} sets {seed}; the rules need mlperf.conf's {needed}")
+    minimum = rules["offline_samples"]
+    if scenario == "Offline" and given.get("min_query_count", minimum) < minimum:
+        found.append(
+            f"{where} sets min_query_count {given['min_query_count']:g}; an Offline run needs "
+            f"{minimum} samples or more"
+        )
+    bound = rules["latency_ns"].get(scenario)
+    if bound and given.get("target_latency", 0) * 1e6 > bound:
+        found.append(
+            f"{where} sets target_latency {given['target_latency']:g} ms; the rules allow "
+            f"{bound / 1e6:g} ms"
+        )
+    return [f"v5.1 rules: {line}" for line in found]
+
+
 def lines(result):
     """The verdict in words: a headline, then one line per rule missed."""
     head = []

@@ -116,6 +116,8 @@ def project_copy(upstream, tmp_path):
             "vision/classification_and_detection",
             "loadgen",
             "calibration/openimages",
+            "tools/submission",
+            "compliance/TEST01",
         ],
         cwd=clone,
         check=True,

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 
+import pytest
 import yaml
 from helpers import git_state
 
@@ -131,7 +132,13 @@ def test_setup_clones_sparse_at_the_pin_and_patches(project_copy):
     listing = subprocess.run(
         ["git", "sparse-checkout", "list"], cwd=upstream, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert listing == ["calibration/openimages", "loadgen", "vision/classification_and_detection"]
+    assert listing == [
+        "calibration/openimages",
+        "compliance/TEST01",
+        "loadgen",
+        "tools/submission",
+        "vision/classification_and_detection",
+    ]
     assert not (upstream / "text_to_image").exists()
     status = subprocess.run(
         ["git", "submodule", "status"], cwd=project_copy, capture_output=True, text=True
@@ -178,3 +185,32 @@ def test_setup_refuses_upstream_with_foreign_edits(project_copy):
         "(vision/classification_and_detection/user.conf)" in proc.stderr
     )
     assert edited.read_text() == "*.Offline.target_qps = 99\n"
+
+
+@pytest.mark.timeout(120)
+def test_setup_upstream_adds_the_submission_tools_to_an_older_checkout(project_copy):
+    """A checkout made before the submission flow lacks tools/submission and compliance/:
+    ./setup.sh upstream adds them, and says up to date the next time."""
+    upstream = project_copy / "vendor" / "inference"
+    subprocess.run(
+        [
+            "git",
+            "sparse-checkout",
+            "set",
+            "--cone",
+            "vision/classification_and_detection",
+            "loadgen",
+            "calibration/openimages",
+        ],
+        cwd=upstream,
+        check=True,
+    )
+    assert not (upstream / "tools" / "submission").exists()
+    for _ in range(2):
+        proc = subprocess.run(
+            ["./setup.sh", "upstream"], cwd=project_copy, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == f"setup: upstream at {PIN[:12]}: up to date\n"
+    assert (upstream / "tools" / "submission" / "submission_checker.py").is_file()
+    assert (upstream / "compliance" / "TEST01" / "retinanet" / "audit.config").is_file()
