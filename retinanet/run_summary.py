@@ -84,7 +84,7 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: python -m retinanet.run_summary RUN_DIR")
     try:
-        print(json.dumps(summarize(sys.argv[1], judge=True), indent=2))
+        print(json.dumps(summarize(sys.argv[1]), indent=2))
     except LogError as error:
         sys.exit(f"error: {error}")
 
