@@ -51,7 +51,9 @@ GROUPS = [
     ("accuracy image count", r"does not cover all dataset"),
     ("RNG seeds", r"rng_seed"),
     ("latency and early stopping", r"[Ll]atency constraint|Early stopping"),
-    ("accuracy", r"accuracy not met|accuracy not valid|not hash value|accuracy check"),
+    ("accuracy", r"accuracy not met|accuracy not valid|not hash value"),
+    ("compliance (TEST01)", r"Compliance test|[Cc]ompliance .*check"),
+    ("required scenarios", r"required scenarios|neither required nor optional"),
     (
         "system fields",
         r"field \S+ is missing|meaningful|invalid status|invalid system type|has submitter|"
