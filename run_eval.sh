@@ -6,9 +6,10 @@
 #   run_eval.sh performance   LoadGen PerformanceOnly: VALID/INVALID, samples/s or latency
 #
 # Settings come from the environment: every variable in retinanet/settings.py's table (make
-# passes them all; `make help` lists them). COMPLIANCE_TEST=TEST01 (set by `make compliance`)
-# makes the performance run upstream's TEST01 audit: its audit.config, its own folder name. retinanet/preflight.py validates and resolves them
+# passes them all; `make help` lists them). retinanet/preflight.py validates and resolves them
 # all before anything else happens, and prints them back as shell assignments.
+# COMPLIANCE_TEST=TEST01 (set by `make compliance`) makes the performance run upstream's
+# TEST01 audit: its audit.config, its own folder name.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
