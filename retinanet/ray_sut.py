@@ -157,14 +157,15 @@ class RayRunner:
 
     def connect(self):
         ray = self.ray
-        # a worker process imports this module before it runs any of it
-        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(search_path())}}
         if self.args.ray_address:
+            # a worker there imports this module before it runs any of it: the same paths
+            env = {"env_vars": {"PYTHONPATH": os.pathsep.join(search_path())}}
             ray.init(address=self.args.ray_address, logging_level="WARNING", runtime_env=env)
             return
-        # a private Ray on this machine, on loopback, gone with the run
+        # a private Ray on this machine, on loopback, gone with the run; its workers inherit
+        # this process's environment (a runtime_env would cost a worker start of its own)
+        os.environ["PYTHONPATH"] = os.pathsep.join(search_path())
         ray.init(
-            runtime_env=env,
             num_cpus=max(os.cpu_count() or 1, self.args.workers or 1),
             include_dashboard=False,
             logging_level="WARNING",

@@ -42,6 +42,7 @@ def package_versions():
         "opencv-python-headless",
         "onnxruntime",
         "onnxruntime-gpu",
+        "ray",
     ]:
         try:
             versions[name] = importlib.metadata.version(name)
