@@ -15,20 +15,46 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import DEMO_USER_CONF, PYTHON, TESTS, make
 
-from retinanet import PROJECT_ROOT
+from retinanet import PROJECT_ROOT, settings
 
 # make under a network namespace with loopback only
 LOOPBACK = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
 SLEEPER = ["MODEL_FACTORY=sleeping_models:sleeper", f"PYTHONPATH={TESTS}"]
 
-pytestmark = pytest.mark.skipif(
+needs_namespace = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"),
     reason="Ray tests need root and unshare for a loopback-only network namespace",
 )
+
+
+def harness_args(**given):
+    resolved, problems = settings.resolve({"DATA_DIR": "data", **given})
+    assert problems == []
+    return settings.harness_args(resolved)
+
+
+@pytest.mark.slow  # a Python that imports torch: seconds
+def test_without_workers_the_harness_runs_alone():
+    """Neither WORKERS nor RAY_ADDRESS: no --runner, and nothing a run imports imports Ray."""
+    assert "--runner" not in harness_args()
+    code = (
+        "import sys; from retinanet import preflight, run_record, run_summary, report, compare; "
+        "assert 'ray' not in sys.modules"
+    )
+    subprocess.run([PYTHON, "-c", code], cwd=PROJECT_ROOT, check=True)
+
+
+def test_workers_and_ray_address_become_the_runner():
+    runner = ["--runner", settings.RAY_RUNNER]
+    assert harness_args(WORKERS="2")[-4:] == ["--workers", "2", *runner]
+    assert harness_args(WORKERS="auto")[-2:] == runner  # auto: the runner counts
+    assert harness_args(RAY_ADDRESS="head-1:6379")[-4:] == ["--ray-address", "head-1:6379", *runner]
+    for wrong in ({"WORKERS": "0"}, {"WORKERS": "two"}, {"RAY_ADDRESS": "head"}):
+        _, problems = settings.resolve({"DATA_DIR": "data", **wrong})
+        assert len(problems) == 1 and problems[0].startswith(next(iter(wrong)))
 
 
 def ray_processes():
@@ -100,6 +126,7 @@ def records(run_dir):
     )
 
 
+@needs_namespace
 @pytest.mark.timeout(240)
 def test_two_workers_answer_as_one(demo, tmp_path):
     """2 workers give exactly the per-sample detections of 1, and the oracle scores 100%."""
@@ -123,6 +150,7 @@ def test_two_workers_answer_as_one(demo, tmp_path):
     assert all(w["answered"] for w in summary["workers"]), "one worker answered everything"
 
 
+@needs_namespace
 @pytest.mark.timeout(240)
 def test_two_node_cluster(demo, tmp_path):
     """A head and a second node joining it on 127.0.0.1: an Offline perf run VALID and an
@@ -226,6 +254,7 @@ def run_and_kill(tmp_path, demo, weightless, workers, samples):
     return proc.returncode, stdout, run_dir, time.monotonic() - killed
 
 
+@needs_namespace
 @pytest.mark.timeout(180)
 def test_killed_worker(demo, weightless, tmp_path):
     """A worker killed mid-run: its samples go to the other, and the run completes VALID
@@ -249,6 +278,7 @@ def test_killed_worker(demo, weightless, tmp_path):
     assert after < 20, f"the run took {after:.0f} s to fail"
 
 
+@needs_namespace
 @pytest.mark.timeout(120)
 def test_worker_cannot_start(demo, weightless, tmp_path):
     """A worker that cannot load the model stops the run before LoadGen starts, naming it."""
@@ -273,13 +303,14 @@ def test_worker_cannot_start(demo, weightless, tmp_path):
     assert not list((tmp_path / "results").glob("*/mlperf_log_summary.txt"))
 
 
+@needs_namespace
 @pytest.mark.timeout(300)
 def test_dispatch_scaling(demo, weightless, tmp_path):
-    """A benchmark, printed: Offline samples/s of a model that sleeps per image, in one
-    process and on 1, 2 and 4 workers. Asserts only that 2 workers beat 1."""
-    rates, walls = {}, {}
-    for workers in ("", "1", "2", "4"):
-        began = time.monotonic()
+    """A benchmark, printed: Offline samples/s of a model that sleeps 0.1 s per image, on 1, 2
+    and 4 workers, and the seconds Ray takes to start before LoadGen does (ray.init and the
+    workers ready). Asserts only that 2 workers beat 1."""
+    rates, starts = {}, {}
+    for workers in (1, 2, 4):
         proc, run_dir = ray_run(
             tmp_path,
             "perf",
@@ -291,15 +322,12 @@ def test_dispatch_scaling(demo, weightless, tmp_path):
             conf(tmp_path, 48),
             *SLEEPER,
         )
-        walls[workers] = time.monotonic() - began
         rates[workers] = float(re.search(r"^Samples per second: ([0-9.]+)", proc.stdout, re.M)[1])
+        starts[workers] = json.loads((run_dir / "run.json").read_text())["ray"]["start_seconds"]
     print(
-        "\ndispatch scaling, 48 samples at 0.1 s each: "
-        + ", ".join(f"{w or 'no Ray'}: {rates[w]:.2f}/s" for w in rates)
-        + f"; ratios 2/1 {rates['2'] / rates['1']:.2f}, 4/1 {rates['4'] / rates['1']:.2f}, "
-        f"1 worker / one process {rates['1'] / rates['']:.2f}"
-        + "; make perf wall time: "
-        + ", ".join(f"{w or 'no Ray'} {walls[w]:.1f} s" for w in walls)
+        "\ndispatch scaling, Offline, 48 samples of 0.1 s: "
+        + ", ".join(f"{w} workers {rates[w]:.2f}/s" for w in rates)
+        + f"; ratios 2/1 {rates[2] / rates[1]:.2f}, 4/1 {rates[4] / rates[1]:.2f}; Ray's start "
+        + ", ".join(f"{w} workers {starts[w]:.1f} s" for w in starts)
     )
-    assert rates["2"] > rates["1"]
-    assert np.isfinite(list(rates.values())).all()
+    assert rates[2] > rates[1]
