@@ -148,6 +148,11 @@ def test_two_workers_answer_as_one(demo, tmp_path):
     )
     assert sum(w["answered"] for w in summary["workers"]) == 12
     assert all(w["answered"] for w in summary["workers"]), "one worker answered everything"
+    # make report and make compare show the worker count
+    results = f"RESULTS_DIR={tmp_path / 'results'}"
+    shown = make("compare", results, f"A={runs[1].name}", f"B={runs[2].name}").stdout
+    assert re.search(r"^\| workers \| 1 \| 2 \|", shown, re.M), shown
+    assert " workers=2 " in make("report", results).stdout
 
 
 @needs_namespace
@@ -319,6 +324,7 @@ def test_dispatch_scaling(demo, weightless, tmp_path):
             "WARMUP=0",
             "CHECK_IMAGES=0",
             f"WORKERS={workers}",
+            "INTRA_THREADS=1",  # every worker alike, whatever its share of the cores
             conf(tmp_path, 48),
             *SLEEPER,
         )
