@@ -309,6 +309,34 @@ def test_worker_cannot_start(demo, weightless, tmp_path):
 
 
 @needs_namespace
+@pytest.mark.timeout(120)
+def test_a_raise_in_a_worker_ends_the_run(demo, weightless, tmp_path):
+    """A model that raises in a worker ends the run as in one process: the image, the worker
+    and its node, and the exception, on one line."""
+    proc, _ = ray_run(
+        tmp_path,
+        "perf",
+        demo["data"],
+        weightless,
+        "WORKERS=2",
+        "WARMUP=0",
+        "CHECK_IMAGES=0",
+        conf(tmp_path, 24),
+        "MODEL_FACTORY=misbehaving_models:raises_on_third_call",
+        f"PYTHONPATH={TESTS}",
+        f"MISBEHAVIOUR_LOG={tmp_path / 'misbehaviour.log'}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    record = json.loads(next((tmp_path / "results").glob("*/run.json")).read_text())
+    assert re.match(
+        r"inference failed on \S+\.jpg in worker [12] on node 127\.0\.0\.1: RuntimeError: "
+        r"misbehaving model: deliberate failure on call 3$",
+        record["reason"],
+    ), record["reason"]
+
+
+@needs_namespace
 @pytest.mark.timeout(300)
 def test_dispatch_scaling(demo, weightless, tmp_path):
     """A benchmark, printed: Offline samples/s of a model that sleeps 0.1 s per image, on 1, 2
