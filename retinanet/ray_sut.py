@@ -32,6 +32,8 @@ WORKERS_FILE = "workers.json"
 DEPTH = 2  # batches in flight per worker: one running, one waiting, so that none idles
 VERSIONS = ("torch", "torchvision", "mlcommons-loadgen", "numpy")
 START_TIMEOUT = 600.0  # seconds for a worker to load its model and warm up
+# set where a node's Ray starts (ray start): that node's copy of the dataset, if not at DATA_DIR
+NODE_DATA_DIR = "RETINANET_NODE_DATA_DIR"
 
 
 def versions():
@@ -75,6 +77,7 @@ class Worker:
         import failfast
         import main
 
+        args.dataset_path = os.environ.get(NODE_DATA_DIR) or args.dataset_path
         if threads and args.backend == "pytorch-native" and not args.intra_op_threads:
             args.intra_op_threads = threads  # the cores of this machine, shared among its workers
         self.backend, self.ds, self.post_proc = main.build(args)
@@ -88,6 +91,7 @@ class Worker:
             "pid": os.getpid(),
             "host": platform.node(),
             "device": self.device(),
+            "data_dir": args.dataset_path,
             "images": self.count,
             "versions": versions(),
         }
@@ -251,7 +255,7 @@ class RayRunner:
             if w["images"] != self.ds.get_item_count():
                 self.failfast.fail(
                     f"worker {w['worker']} on node {w['node']} finds {w['images']} images in "
-                    f"{self.args.dataset_path}, this machine {self.ds.get_item_count()}"
+                    f"{w['data_dir']}, this machine {self.ds.get_item_count()}"
                 )
         return workers
 
@@ -392,7 +396,8 @@ class RayRunner:
     def write_record(self):
         from retinanet.files import write_json
 
-        keep = ("worker", "node", "node_id", "address", "host", "pid", "device", "versions")
+        keep = ("worker", "node", "node_id", "address", "host", "pid", "device", "data_dir")
+        keep += ("versions",)
         write_json(
             os.path.join(os.path.abspath(self.args.output), WORKERS_FILE),
             {

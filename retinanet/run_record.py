@@ -187,7 +187,8 @@ def workers(run_dir):
     if not path.is_file():
         return None
     found = json.loads(path.read_text())
-    keep = ("worker", "node", "node_id", "address", "host", "device", "pid", "versions", "lost")
+    keep = ("worker", "node", "node_id", "address", "host", "device", "pid", "data_dir")
+    keep += ("versions", "lost")
     return {
         "workers": [{k: w.get(k) for k in keep} for w in found["workers"]],
         "ray": {

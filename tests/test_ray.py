@@ -159,8 +159,10 @@ def test_two_workers_answer_as_one(demo, tmp_path):
 @pytest.mark.timeout(240)
 def test_two_node_cluster(demo, tmp_path):
     """A head and a second node joining it on 127.0.0.1: an Offline perf run VALID and an
-    accuracy run, with a worker on each node."""
+    accuracy run, with a worker on each node; the second reads its own copy of the dataset."""
     port = 26379
+    copy = tmp_path / "second-node-data"
+    shutil.copytree(demo["data"], copy)
     ray = Path(PYTHON).parent / "ray"
     start = f"{ray} start --node-ip-address=127.0.0.1 --num-cpus=1 --disable-usage-stats"
     common = [
@@ -184,7 +186,7 @@ def test_two_node_cluster(demo, tmp_path):
     script = (
         "ip link set lo up && "
         f"{start} --head --port={port} --node-name=head --include-dashboard=false && "
-        f"{start} --address=127.0.0.1:{port} --node-name=second && "
+        f"RETINANET_NODE_DATA_DIR={copy} {start} --address=127.0.0.1:{port} --node-name=second && "
         f"({makes}); status=$?; {ray} stop --force >/dev/null; exit $status"
     )
     # Ray's token authentication, as across machines: the same token on every node
@@ -204,7 +206,8 @@ def test_two_node_cluster(demo, tmp_path):
     assert "mAP 100.000% on 12 images" in proc.stdout
     for run_dir in (perf, accuracy):
         record, summary = records(run_dir)
-        assert sorted(w["node"] for w in record["workers"]) == ["head", "second"]
+        data_dirs = {w["node"]: w["data_dir"] for w in record["workers"]}
+        assert data_dirs == {"head": str(demo["data"]), "second": str(copy)}
         assert record["ray"]["address"] == f"127.0.0.1:{port}"
         assert summary["workers"] and not summary["workers_lost"]
 
