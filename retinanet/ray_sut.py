@@ -272,9 +272,15 @@ class RayRunner:
         """Every live worker does it; one lost meanwhile is recorded, one that raises ends the
         run (a worker without the samples could not answer)."""
         calls = {getattr(w["handle"], method).remote(samples): w for w in self.alive()}
+        limit = max(START_TIMEOUT, self.args.stall_timeout or 0)
         for ref, w in calls.items():
             try:
-                self.ray.get(ref)
+                self.ray.get(ref, timeout=limit)
+            except self.ray.exceptions.GetTimeoutError:
+                self.failfast.fail(
+                    f"worker {w['worker']} on node {w['node']} did not {method} samples in "
+                    f"{limit:.0f} s"
+                )
             except self.ray.exceptions.RayTaskError as error:
                 self.failfast.fail(
                     f"worker {w['worker']} on node {w['node']} failed to {method} samples: "
