@@ -7,7 +7,7 @@ software or hardware that makes the comparison unfair.
 import argparse
 import sys
 
-from retinanet.report import PERCENTILES, number, table, throughput
+from retinanet.report import PERCENTILES, number, table, throughput, worker_count
 from retinanet.runs import RunError, resolve
 from retinanet.settings import SETTINGS as SETTING_TABLE
 
@@ -56,6 +56,9 @@ HARDWARE = [
     ("CPU", lambda r: r.record.get("host", {}).get("cpu")),
     ("CPU cores", lambda r: r.record.get("host", {}).get("cpus")),
     ("GPUs", lambda r: ", ".join(r.record.get("host", {}).get("gpus") or []) or "none"),
+    # 1: the harness's own process; more: Ray workers (ray_sut.py), on one node or several
+    ("workers", lambda r: worker_count(r) or 1),
+    ("worker nodes", lambda r: len({w["node_id"] for w in r.record.get("workers") or []}) or 1),
 ]
 
 

@@ -56,18 +56,26 @@ def setting_text(run):
         for key in MAIN_SETTINGS
         if s.get(key)
     ]
+    workers = worker_count(run)
+    if workers:
+        parts.append(f"workers={workers}")
     for setting in SETTINGS:
         chosen = requested.get(
             setting.name, s.get(setting.key)
         )  # records before 'requested': the value
         if (
             setting.affects_result
-            and setting.key not in MAIN_SETTINGS + ("scenario", "user_conf")
+            and setting.key not in MAIN_SETTINGS + ("scenario", "user_conf", "workers")
             and s.get(setting.key)
             and chosen not in ("", "auto", setting.default)
         ):
             parts.append(f"{setting.key}={s[setting.key]}")
     return " ".join(parts) or "?"
+
+
+def worker_count(run):
+    """The Ray workers a WORKERS or RAY_ADDRESS run had (run.json); 0 for one process."""
+    return len(run.record.get("workers") or [])
 
 
 def label(run):

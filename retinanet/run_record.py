@@ -21,6 +21,7 @@ from retinanet.download_model import cached_md5
 from retinanet.files import file_digest, write_json
 from retinanet.patch_series import PATCH_DIR, PatchError, applied_count, pinned_commit, series
 from retinanet.preflight import dataset_warnings
+from retinanet.ray_sut import WORKERS_FILE
 from retinanet.rules import DEMO_DATASET
 from retinanet.settings import rerun_command
 from retinanet.verify_dataset import MANIFEST
@@ -44,6 +45,7 @@ def package_versions():
         "opencv-python-headless",
         "onnxruntime",
         "onnxruntime-gpu",
+        "ray",
     ]:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -203,11 +205,31 @@ def start(run_dir, settings, command, pid=None, requested=None, compliance=None)
     write_json(Path(run_dir) / RECORD, record)
 
 
+def workers(run_dir):
+    """The Ray workers of a WORKERS or RAY_ADDRESS run (ray_sut.py's workers.json): each one's
+    node, device, pid and versions, and the workers lost; None for a run in one process."""
+    path = Path(run_dir) / WORKERS_FILE
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    keep = ("worker", "node", "node_id", "address", "host", "device", "pid", "data_dir")
+    keep += ("versions", "lost")
+    return {
+        "workers": [{k: w.get(k) for k in keep} for w in found["workers"]],
+        "ray": {
+            "address": found.get("ray_address"),
+            "start_seconds": found.get("start_seconds"),
+            "lost": found.get("lost", []),
+        },
+    }
+
+
 def finish(run_dir, status, reason=None):
     """Record how the run ended, and write its summary.json. Returns the error that turned a
     completed run into a failed one, if any."""
     path = Path(run_dir) / RECORD
     record = json.loads(path.read_text()) if path.exists() else {}
+    record.update(workers(run_dir) or {})
     error = None
     try:
         run_summary.write(run_dir, status, reason)

@@ -17,6 +17,7 @@ from pathlib import Path
 from retinanet import rules
 from retinanet.files import write_json
 from retinanet.loadgen_log import LogError, parse
+from retinanet.ray_sut import WORKERS_FILE
 
 SUMMARY = "summary.json"
 REFERENCE_MAP = 37.55  # PyTorch reference mAP of the official model
@@ -55,6 +56,13 @@ def summarize(run_dir, status="completed", reason=None, judge=False):
     summary = {"run": run_dir.name, "status": status}
     if reason:
         summary["reason"] = reason
+    workers = run_dir / WORKERS_FILE
+    if workers.is_file():  # a WORKERS or RAY_ADDRESS run: what each worker answered
+        found = json.loads(workers.read_text())
+        summary["workers"] = [
+            {k: w.get(k) for k in ("worker", "node", "answered", "lost")} for w in found["workers"]
+        ]
+        summary["workers_lost"] = found.get("lost", [])
     parts = [parse] + ([accuracy] if mode == "accuracy" else [])
     for part in parts:
         try:

@@ -26,6 +26,7 @@ from retinanet import HARNESS, OFFICIAL_MODELS, PROJECT_ROOT, UPSTREAM
 
 SCENARIOS = ("Offline", "Server", "SingleStream", "MultiStream")
 BACKENDS = ("pytorch", "onnxruntime")
+RAY_RUNNER = "retinanet.ray_sut:RayRunner"  # WORKERS, RAY_ADDRESS: main.py's --runner
 # LoadGen's user.conf keys: the ones its parser looks up (TestSettings::FromConfig)
 LOADGEN_SETTINGS_SOURCE = UPSTREAM / "loadgen" / "test_settings_internal.cc"
 
@@ -83,6 +84,12 @@ def harness_words(name, value):
 def factory(name, value):
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
         raise SettingError(f"{name}={value} is not package.module:function")
+    return value
+
+
+def ray_address(name, value):
+    if not re.fullmatch(r"[\w.-]+:[0-9]+", value):
+        raise SettingError(f"{name}={value} is not host:port, the head of a Ray cluster")
     return value
 
 
@@ -386,6 +393,23 @@ SETTINGS = [
         or_auto(positive_number),
         flag="--stall-timeout",
     ),
+    Setting(
+        "WORKERS",
+        "",
+        "run the model in this many Ray workers, one LoadGen driving them all; auto: one "
+        "per GPU, or one per node on CPUs (empty: one process, no Ray)",
+        or_auto(whole(1)),
+        flag="--workers",
+        affects_result=True,
+    ),
+    Setting(
+        "RAY_ADDRESS",
+        "",
+        "host:port of a Ray cluster's head (ray start --head) to run the workers on "
+        "(empty: with WORKERS, a private Ray on this machine)",
+        ray_address,
+        flag="--ray-address",
+    ),
     Setting("RESULTS_DIR", "results", "every run gets a new folder in here", path),
 ]
 
@@ -450,6 +474,8 @@ def harness_args(resolved):
             args += [setting.flag] if value == "1" else []
         else:
             args += [setting.flag, value]
+    if resolved["WORKERS"] or resolved["RAY_ADDRESS"]:
+        args += ["--runner", RAY_RUNNER]
     return args + shlex.split(resolved["HARNESS_ARGS"])
 
 

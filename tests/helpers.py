@@ -25,12 +25,13 @@ def upstream_missing():
     )
 
 
-def make(target, *settings, check=True, cwd=PROJECT_ROOT):
+def make(target, *settings, check=True, cwd=PROJECT_ROOT, prefix=()):
     """Run `make TARGET KEY=VALUE...` and return the completed process (stdout+stderr in .stdout).
 
     make runs in a process group of its own: when the test is stopped (its time limit,
-    Ctrl-C), the group is killed, so that no harness outlives the test."""
-    args = ["make", target, f"PYTHON={PYTHON}", *settings]
+    Ctrl-C), the group is killed, so that no harness outlives the test. prefix: a command
+    make runs under, e.g. in a network namespace of its own (test_ray.py)."""
+    args = [*prefix, "make", target, f"PYTHON={PYTHON}", *settings]
     with subprocess.Popen(
         args,
         cwd=cwd,
