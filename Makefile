@@ -192,7 +192,7 @@ BENCH_MODEL ?= $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth
 BENCH_COUNT ?= 8
 
 .PHONY: bench
-bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference path vs this project's defaults: preprocessing, disk, RSS, samples/s, p90
+bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference path vs this project's defaults and the native model compiled: preprocessing, disk, RSS, samples/s, p90
 	$(PYTHON) -m retinanet.bench --data-dir '$(BENCH_DATA_DIR)' --model '$(BENCH_MODEL)' \
 	  --count '$(BENCH_COUNT)' --device '$(DEVICE)' --results-dir '$(RESULTS_DIR)'
 
