@@ -177,12 +177,18 @@ def test_compile_through_the_harness_with_the_accuracy_guard(run, demo, torchscr
     assert record["settings"]["compile"] == "1" and "--compile" in record["command"]
     rows = detections_in(run_dir)[0]
     plausible(rows)
-    # compiled kernels sum in another order: scores move by about 1e-6, which reorders
-    # near-ties at the cut-off; matched as the guard matches them
+    # Compiled kernels (and channels_last alone) sum in another order: scores move by about
+    # 1e-7. The random weights score millions of candidates within 1e-4 of each other (the
+    # 300 kept span 0.10033-0.10046, with ties), so that moves near-ties across the cut-off
+    # and through NMS: measured, 77% of the boxes match (eager channels_last alone: 80%).
+    # The scores themselves, sorted, must agree.
+    (_, ts_scores, _), (_, scores, _) = torchscript_detections[0], xyxy_detections(rows)
+    assert len(scores) == len(ts_scores)
+    assert abs(np.sort(scores) - np.sort(ts_scores)).max() < SCORE_TOLERANCE * 10
     match = agreement(torchscript_detections, [xyxy_detections(rows)])
     print(f"\nnative+compile+channels_last against TorchScript fp32, 1 image: {match}")
-    assert match["agreement"] >= 0.9 and match["mean_abs_score_difference"] < 1e-3
+    assert match["agreement"] >= 0.7 and match["mean_abs_score_difference"] < 1e-5
     guard = json.loads((run_dir / "guard.json").read_text())
     assert guard["setting"]["compile"] is True and guard["reference_detections"] > 0
-    assert guard["agreement"] >= 0.9
+    assert guard["agreement"] >= 0.7 and guard["mean_abs_score_difference"] < 1e-5
     assert "accuracy guard, fp32+channels_last+compile against fp32 on 1 images" in proc.stdout
