@@ -155,8 +155,9 @@ compare: ## Two runs side by side, with ratios and what makes them unfair to com
 
 DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json
 DEMO_MODELS = $(DEMO_DIR)/models
-# placed after RUN_ENV in a command, these win
-DEMO_SETTINGS = DATA_DIR='$(DEMO_DIR)/data' RESULTS_DIR='$(DEMO_DIR)/results' DEVICE=cpu USER_CONF=conf/demo-user.conf
+# placed after RUN_ENV in a command, these win; the CPU unless DEVICE is given (make demo DEVICE=gpu)
+DEMO_SETTINGS = DATA_DIR='$(DEMO_DIR)/data' RESULTS_DIR='$(DEMO_DIR)/results' \
+	DEVICE='$(if $(filter command line,$(origin DEVICE)),$(DEVICE),cpu)' USER_CONF=conf/demo-user.conf
 
 .PHONY: demo
 demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%), a short Offline perf run, and their report
@@ -203,6 +204,16 @@ BENCH_HARNESS_SAMPLES ?= 4096
 bench-harness: setup $(DEMO_DATA) ## The harness's own ceiling: a zero-cost model (0/100/300 detections), with and without the vectorized-post-processing and loaded-samples-in-place patches
 	$(PYTHON) -m retinanet.bench_harness --data-dir '$(BENCH_DATA_DIR)' \
 	  --samples '$(BENCH_HARNESS_SAMPLES)' --results-dir '$(RESULTS_DIR)'
+
+## make gpu-check: the folder everything goes into, to copy back
+GPU_CHECK_DIR ?= gpu-check
+## make gpu-check: more arguments for retinanet/gpu_check.py, e.g. --budget 400 --rows 'native fp16'
+GPU_CHECK_ARGS ?=
+
+.PHONY: gpu-check
+gpu-check: ## On a GPU machine with its own CUDA torch (ENV_KIND=system, WHEELS=... offline): setup, demo, bench, the settings sweep, one table, all in GPU_CHECK_DIR
+	ENV_KIND='$(ENV_KIND)' WHEELS='$(WHEELS)' $(PYTHON) -m retinanet.gpu_check --out '$(GPU_CHECK_DIR)' \
+	  --device $(if $(filter cpu,$(DEVICE)),cpu,gpu) $(GPU_CHECK_ARGS)
 
 ##@ Development
 
