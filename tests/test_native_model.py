@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import DEMO_USER_CONF, TESTS
 from test_hardware_branches import ONE_IMAGE, completed, detections_in, plausible
 
 from retinanet import harness, native_model, preflight, settings
@@ -192,3 +193,28 @@ def test_compile_through_the_harness_with_the_accuracy_guard(run, demo, torchscr
     assert guard["setting"]["compile"] is True and guard["reference_detections"] > 0
     assert guard["agreement"] >= 0.7 and guard["mean_abs_score_difference"] < 1e-5
     assert "accuracy guard, fp32+channels_last+compile against fp32 on 1 images" in proc.stdout
+
+
+def test_compile_warms_up_the_run_s_batch_shapes(run, demo, weightless, tmp_path):
+    """COMPILE=1 through the harness without the cost of a compilation: a model whose
+    compile_static() only marks the log. The warm-up gives it a full batch and a single image
+    in turn, so that a real compilation for either shape happens before LoadGen starts."""
+    log = tmp_path / "shapes.log"
+    _, run_dir = run(
+        "perf",
+        demo["data"],
+        weightless,
+        "MODEL_FACTORY=misbehaving_models:shape_recorder",
+        f"PYTHONPATH={TESTS}",
+        f"MISBEHAVIOUR_LOG={log}",
+        "COMPILE=1",
+        "BATCH_SIZE=4",
+        "WARMUP=3",
+        "COUNT=8",
+        "CHECK_IMAGES=0",
+        f"USER_CONF={DEMO_USER_CONF}",
+    )
+    assert completed(run_dir)["settings"]["compile"] == "1"
+    calls = log.read_text().split()
+    assert calls[:4] == ["compiled", "4", "1", "4"], calls
+    assert all(int(size) <= 4 for size in calls[4:])
