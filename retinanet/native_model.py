@@ -92,6 +92,7 @@ class NativeRetinaNet(nn.Module):
         self.per_level, anchors = fixed_anchors(self.anchor_generator, size)
         self.register_buffer("anchors", anchors, persistent=False)
         self.dense_forward = self.dense
+        self.cuda_graphs = False
 
     def dense(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits [N, HWA, classes] and box regression [N, HWA, 4] of size x size images."""
@@ -136,6 +137,8 @@ class NativeRetinaNet(nn.Module):
         height, width = images.shape[-2:]
         if (height, width) != (self.size, self.size):  # the official transform's fixed resize
             images = F.interpolate(images, size=(self.size, self.size), mode="bilinear")
+        if self.cuda_graphs:  # a new inference: earlier graph outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         logits, regression = self.dense_forward(images)
         with torch.autocast(images.device.type, enabled=False):
             results = self.detections(logits, regression)
@@ -157,6 +160,7 @@ class NativeRetinaNet(nn.Module):
         self.dense_forward = torch.compile(
             self.dense, mode="reduce-overhead" if cuda else None, dynamic=False
         )
+        self.cuda_graphs = cuda
         return self
 
 
