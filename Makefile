@@ -8,8 +8,8 @@ MAKEFLAGS += --no-print-directory
 
 ##@ Settings (defaults; override on the command line, e.g. make eval COUNT=1000 DEVICE=gpu)
 
-## Python of the environment: .venv's, or with ENV_KIND=conda the python3 of the active env
-PYTHON ?= $(if $(filter conda,$(ENV_KIND)),python3,.venv/bin/python)
+## Python of the environment: .venv's, or with ENV_KIND=conda or system the python3 on PATH
+PYTHON ?= $(if $(filter conda system,$(ENV_KIND)),python3,.venv/bin/python)
 # The run settings: each a make variable with its default, from the one table of them,
 # retinanet/settings.py, which also gives their docs (make help), checks their values and
 # turns them into the harness's flags. RUN_ENV hands them all to run_eval.sh.
@@ -17,7 +17,7 @@ RUN_SETTINGS := $(shell python3 -m retinanet.settings makefile)
 $(if $(RUN_SETTINGS),,$(error python3 -m retinanet.settings failed: make needs Python 3))
 $(foreach setting,$(RUN_SETTINGS),$(eval $(subst =, ?= ,$(setting))))
 quote = '$(subst ','\'',$(1))'
-RUN_ENV = PYTHON=$(call quote,$(PYTHON)) \
+RUN_ENV = PYTHON=$(call quote,$(PYTHON)) ENV_KIND=$(call quote,$(ENV_KIND)) \
 	$(foreach setting,$(RUN_SETTINGS),$(firstword $(subst =, ,$(setting)))=$(call quote,$($(firstword $(subst =, ,$(setting))))))
 ## where make dataset and make calibration write, make verify-dataset reads (make model: MODEL_DIR unless set)
 DIR ?= $(DATA_DIR)
@@ -45,8 +45,12 @@ A ?=
 B ?=
 ## make setup: PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126
 TORCH_INDEX_URL ?=
-## make setup: venv (.venv) or conda (env 'retinanet' from retinanet.yaml)
+## make setup: venv (.venv), conda (env 'retinanet' from retinanet.yaml) or system (python3 on PATH as it is)
 ENV_KIND ?= venv
+## make setup, loadgen: a folder of wheels to install from, without an index (no network)
+WHEELS ?=
+## make setup with ENV_KIND=system: run (what runs need) or all (the optional packages too)
+SYSTEM_PACKAGES ?= run
 ## make setup: onnxruntime or onnxruntime-gpu; empty: onnxruntime-gpu where nvidia-smi lists a GPU
 ONNXRUNTIME ?=
 ## make demo: where the generated dataset, models and runs go
@@ -64,11 +68,12 @@ MODEL_DOWNLOAD_DIR = $(if $(filter file,$(origin DIR)),$(MODEL_DIR),$(DIR))
 
 .PHONY: setup
 setup: ## Environment, upstream at the pin, patches, LoadGen; safe to run again
-	ENV_KIND='$(ENV_KIND)' TORCH_INDEX_URL='$(TORCH_INDEX_URL)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh
+	ENV_KIND='$(ENV_KIND)' TORCH_INDEX_URL='$(TORCH_INDEX_URL)' ONNXRUNTIME='$(ONNXRUNTIME)' \
+	  WHEELS='$(WHEELS)' SYSTEM_PACKAGES='$(SYSTEM_PACKAGES)' ./setup.sh
 
 .PHONY: loadgen
 loadgen: ## Install and verify the LoadGen wheel of the pinned upstream
-	ENV_KIND='$(ENV_KIND)' ./setup.sh loadgen
+	ENV_KIND='$(ENV_KIND)' WHEELS='$(WHEELS)' ./setup.sh loadgen
 
 .PHONY: patch
 patch: ## Apply the patch series to vendor/inference (finishes a half-applied one)
@@ -181,8 +186,9 @@ submission: ## Upstream's v5.1 tree from RUNS (ORG, SYSTEM, DIVISION, CATEGORY),
 
 DEMO_DATA = $(DEMO_DIR)/data/annotations/openimages-mlperf.json
 DEMO_MODELS = $(DEMO_DIR)/models
-# placed after RUN_ENV in a command, these win
-DEMO_SETTINGS = DATA_DIR='$(DEMO_DIR)/data' RESULTS_DIR='$(DEMO_DIR)/results' DEVICE=cpu USER_CONF=conf/demo-user.conf
+# placed after RUN_ENV in a command, these win; the CPU unless DEVICE is given (make demo DEVICE=gpu)
+DEMO_SETTINGS = DATA_DIR='$(DEMO_DIR)/data' RESULTS_DIR='$(DEMO_DIR)/results' \
+	DEVICE='$(if $(filter command line,$(origin DEVICE)),$(DEVICE),cpu)' USER_CONF=conf/demo-user.conf
 
 .PHONY: demo
 demo: setup $(DEMO_MODELS)/oracle/resnext50_32x4d_fpn.pth $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Oracle accuracy run (expect mAP 100%), a short Offline perf run, and their report
@@ -216,11 +222,13 @@ BENCH_DATA_DIR ?= $(DEMO_DIR)/data
 BENCH_MODEL ?= $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth
 ## make bench: images per run
 BENCH_COUNT ?= 8
+## make bench: the paths to measure, of: reference project native
+BENCH_PATHS ?= reference project native
 
 .PHONY: bench
-bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference path vs this project's defaults: preprocessing, disk, RSS, samples/s, p90
+bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference path vs this project's defaults and the native model compiled: preprocessing, disk, RSS, samples/s, p90
 	$(PYTHON) -m retinanet.bench --data-dir '$(BENCH_DATA_DIR)' --model '$(BENCH_MODEL)' \
-	  --count '$(BENCH_COUNT)' --device '$(DEVICE)' --results-dir '$(RESULTS_DIR)'
+	  --count '$(BENCH_COUNT)' --device '$(DEVICE)' --results-dir '$(RESULTS_DIR)' --paths $(BENCH_PATHS)
 
 ## make bench-harness: samples per Offline run, and queries per SingleStream run
 BENCH_HARNESS_SAMPLES ?= 4096
@@ -229,6 +237,16 @@ BENCH_HARNESS_SAMPLES ?= 4096
 bench-harness: setup $(DEMO_DATA) ## The harness's own ceiling: a zero-cost model (0/100/300 detections), with and without the vectorized-post-processing and loaded-samples-in-place patches
 	$(PYTHON) -m retinanet.bench_harness --data-dir '$(BENCH_DATA_DIR)' \
 	  --samples '$(BENCH_HARNESS_SAMPLES)' --results-dir '$(RESULTS_DIR)'
+
+## make gpu-check: the folder everything goes into, to copy back
+GPU_CHECK_DIR ?= gpu-check
+## make gpu-check: more arguments for retinanet/gpu_check.py, e.g. --budget 400 --rows 'native fp16'
+GPU_CHECK_ARGS ?=
+
+.PHONY: gpu-check
+gpu-check: ## On a GPU machine with its own CUDA torch (ENV_KIND=system, WHEELS=... offline): setup, demo, bench, the settings sweep, one table, all in GPU_CHECK_DIR
+	ENV_KIND='$(ENV_KIND)' WHEELS='$(WHEELS)' $(PYTHON) -m retinanet.gpu_check --out '$(GPU_CHECK_DIR)' \
+	  --device $(if $(filter cpu,$(DEVICE)),cpu,gpu) $(GPU_CHECK_ARGS)
 
 ##@ Development
 
@@ -239,9 +257,9 @@ ENV_BIN = $(dir $(shell command -v '$(PYTHON)'))
 
 .PHONY: test
 test: ## Set up what the tests need, then lint and run every test, both tiers (docs/testing.md)
-	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
+	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' WHEELS='$(WHEELS)' SYSTEM_PACKAGES=all ./setup.sh env
 	./setup.sh upstream || echo "make test: upstream cannot be reached; tests that need it are skipped"
-	if [ -e vendor/inference/.git ]; then ENV_KIND='$(ENV_KIND)' ./setup.sh patch loadgen; fi
+	if [ -e vendor/inference/.git ]; then ENV_KIND='$(ENV_KIND)' WHEELS='$(WHEELS)' ./setup.sh patch loadgen; fi
 	$(MAKE) lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
 
@@ -253,7 +271,7 @@ lint: ## ruff (lint and format check, pyproject.toml) and shellcheck over the pr
 
 .PHONY: test-fast
 test-fast: ## The fast tier only, under a minute: no upstream, harness, model or server
-	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' ./setup.sh env
+	ENV_KIND='$(ENV_KIND)' ONNXRUNTIME='$(ONNXRUNTIME)' WHEELS='$(WHEELS)' SYSTEM_PACKAGES=all ./setup.sh env
 	$(PYTHON) -m pytest -m fast $(PYTEST_ARGS) tests
 
 .PHONY: clean

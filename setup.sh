@@ -8,14 +8,18 @@
 #   upstream  vendor/inference at the pinned commit (the submodule's gitlink), as a
 #             sparse, blob-filtered checkout of the folders the overlay uses
 #   patch     the patch series in patches/
-#   env       the Python environment: .venv (default), or the conda env 'retinanet'
-#             from retinanet.yaml with ENV_KIND=conda
+#   env       the Python environment: .venv (default), the conda env 'retinanet' from
+#             retinanet.yaml with ENV_KIND=conda, or with ENV_KIND=system the python3 on
+#             PATH as it is (a container's): its torch and torchvision are checked, never
+#             replaced, and only the packages it lacks are installed
 #   loadgen   the mlcommons-loadgen wheel of the pinned upstream's loadgen/VERSION.txt
 #
-# Environment: ENV_KIND=venv|conda, VENV (default .venv), TORCH_INDEX_URL (a PyTorch
+# Environment: ENV_KIND=venv|conda|system, VENV (default .venv), TORCH_INDEX_URL (a PyTorch
 # wheel index, e.g. https://download.pytorch.org/whl/cu126 for an older CUDA driver),
 # ONNXRUNTIME=onnxruntime|onnxruntime-gpu (default: onnxruntime-gpu where nvidia-smi
-# lists a GPU).
+# lists a GPU), WHEELS (a folder of wheels: install from it only, without an index),
+# SYSTEM_PACKAGES=run|all (ENV_KIND=system: what runs need, or requirements.txt's optional
+# packages too).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,6 +29,8 @@ ENV_KIND=${ENV_KIND:-venv}
 VENV=${VENV:-.venv}
 CONDA_ENV=retinanet
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
+WHEELS=${WHEELS:-}
+SYSTEM_PACKAGES=${SYSTEM_PACKAGES:-run}
 ONNXRUNTIME=${ONNXRUNTIME:-$(nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo onnxruntime-gpu || echo onnxruntime)}
 
 # torch and torchvision at their pins in requirements.txt, for TORCH_INDEX_URL
@@ -40,8 +46,32 @@ env_python() {
   case $ENV_KIND in
     venv) echo "$VENV/bin/python" ;;
     conda) conda run -n "$CONDA_ENV" python -c 'import sys; print(sys.executable)' ;;
-    *) die "ENV_KIND=$ENV_KIND is not one of: venv, conda" ;;
+    system) command -v python3 || die "ENV_KIND=system but there is no python3 on PATH" ;;
+    *) die "ENV_KIND=$ENV_KIND is not one of: venv, conda, system" ;;
   esac
+}
+
+# pip_install PYTHON REQUIREMENT...: from WHEELS only when it is set. Every other package
+# already there is held at its version (a constraint), so that pip adds and never replaces:
+# a container's torch, numpy or CUDA libraries stay as they are.
+pip_install() {
+  local python=$1 constraints status=0
+  shift
+  constraints=$(mktemp)
+  "$python" - "$@" >"$constraints" <<'PY'
+import importlib.metadata, re, sys
+name = lambda text: re.sub(r"[-_.]+", "-", re.split(r"[=<>~!\[ ]", text)[0]).lower()
+wanted = {name(requirement) for requirement in sys.argv[1:]}
+seen = set(wanted)
+for dist in importlib.metadata.distributions():  # the first of a name is the one imported
+    if dist.metadata["Name"] and name(dist.metadata["Name"]) not in seen:
+        seen.add(name(dist.metadata["Name"]))
+        print(dist.metadata["Name"] + "==" + dist.version)
+PY
+  "$python" -m pip install --quiet --disable-pip-version-check --retries 1 --constraint "$constraints" \
+    ${WHEELS:+--no-index --find-links "$WHEELS"} "$@" || status=$?
+  rm -f "$constraints"
+  return $status
 }
 
 step_upstream() {
@@ -146,9 +176,57 @@ step_env() {
       install_onnxruntime "$python"
       echo "$want" >"${python%/bin/python}/.retinanet-requirements"
       ;;
-    *) die "ENV_KIND=$ENV_KIND is not one of: venv, conda" ;;
+    system)
+      step_system_env
+      return
+      ;;
+    *) die "ENV_KIND=$ENV_KIND is not one of: venv, conda, system" ;;
   esac
   say "environment ready: $python"
+}
+
+# ENV_KIND=system: the python3 on PATH as it is. Its torch and torchvision must import; of
+# requirements.txt (without them) and the pinned LoadGen, only what it lacks is installed.
+step_system_env() {
+  local python loadgen="" check missing=() version output tmp
+  case $SYSTEM_PACKAGES in
+    run | all) ;;
+    *) die "SYSTEM_PACKAGES=$SYSTEM_PACKAGES is not one of: run, all" ;;
+  esac
+  [ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die "WHEELS=$WHEELS is not a folder"
+  python=$(env_python)
+  [ -f "$UPSTREAM/loadgen/VERSION.txt" ] && loadgen=$(tr -d '[:space:]' <"$UPSTREAM/loadgen/VERSION.txt")
+  check=("$python" -m retinanet.system_env check ${loadgen:+--loadgen "$loadgen"})
+  [ "$SYSTEM_PACKAGES" = all ] && check+=(--all)
+  tmp=$(mktemp)
+  # stderr: the facts about torch, or why it is not usable; stdout: what is missing
+  output=$("${check[@]}" 2>&1 >"$tmp") || {
+    rm -f "$tmp"
+    die "ENV_KIND=system: $output"
+  }
+  mapfile -t missing <"$tmp"
+  rm -f "$tmp"
+  say "$output"
+  if [ ${#missing[@]} -eq 0 ]; then
+    say "environment $python (system): nothing missing"
+    return
+  fi
+  say "installing what $python lacks${WHEELS:+, from $WHEELS}: ${missing[*]}"
+  "$python" -m pip --version >/dev/null 2>&1 || die "$python lacks ${missing[*]} and has no pip to install them"
+  if ! output=$(pip_install "$python" "${missing[@]}" 2>&1); then
+    # shellcheck disable=SC2001  # indenting every line is sed's job, not an expansion's
+    sed 's/^/  /' <<<"$output" >&2
+    version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    die "$python lacks what runs need, and pip could not install it (no network?${WHEELS:+ not all in $WHEELS?}):
+$(printf '  %s\n' "${missing[@]}")
+Bring them as wheels in a folder: on a machine with a network, for Python $version on this platform,
+  python3 -m pip download --only-binary=:all: --python-version $version --dest wheels ${missing[*]}
+then copy the folder here and run: make setup ENV_KIND=system WHEELS=wheels
+(or set PIP_FIND_LINKS=wheels PIP_NO_INDEX=1 for pip itself)"
+  fi
+  mapfile -t missing < <("${check[@]}" 2>/dev/null)
+  [ ${#missing[@]} -eq 0 ] || die "pip ran, but $python still lacks: ${missing[*]}"
+  say "environment $python (system): ready"
 }
 
 step_loadgen() {
@@ -159,7 +237,8 @@ step_loadgen() {
   have=$("$python" -c 'import importlib.metadata as m; print(m.version("mlcommons-loadgen"))' 2>/dev/null || true)
   if [ "$have" != "$want" ]; then
     say "installing mlcommons-loadgen==$want (the LoadGen of the pinned upstream)"
-    "$python" -m pip install --quiet --disable-pip-version-check "mlcommons-loadgen==$want"
+    pip_install "$python" "mlcommons-loadgen==$want" ||
+      die "could not install mlcommons-loadgen==$want into $python (without a network: WHEELS=<folder of wheels>)"
   fi
   "$python" -c "
 import importlib.metadata as m, mlperf_loadgen

@@ -139,6 +139,11 @@ def main():
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], required=True)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--freeze", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the eager model")
+    parser.add_argument(
+        "--eager-model",
+        help="MODULE:FUNCTION that loads the archive's weights into an eager model (both runs)",
+    )
     parser.add_argument(
         "--model-factory", help="MODULE:FUNCTION that builds the model a state dict loads into"
     )
@@ -157,8 +162,13 @@ def main():
         "precision": args.precision,
         "channels_last": args.channels_last,
         "freeze": args.freeze,
+        "compile": args.compile,
     }
-    source = {"model_factory": args.model_factory, "trust_pickle": args.trust_pickle}
+    source = {
+        "model_factory": args.model_factory,
+        "trust_pickle": args.trust_pickle,
+        "eager_model": args.eager_model,
+    }
     try:
         report = guard(args.model, args.data_dir, args.images, settings, source, args.stall_timeout)
     except Exception as error:  # the traceback for the log, then one line for run_eval.sh
@@ -168,7 +178,10 @@ def main():
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     name = "+".join(
-        [args.precision] + ["channels_last"] * args.channels_last + ["freeze"] * args.freeze
+        [args.precision]
+        + ["channels_last"] * args.channels_last
+        + ["freeze"] * args.freeze
+        + ["compile"] * args.compile
     )
     print(
         f"accuracy guard, {name} against fp32 on {report['images']} images: "

@@ -5,6 +5,8 @@ images, in one invocation.
              LoadGen starts, fp32, batch 32, one worker thread per core
   project    what `make perf` does on this device: no cache, images preprocessed as LoadGen
              loads them, and the device's precision, memory format, batch and threads
+  native     the same with MODEL_IMPL=native COMPILE=1: the archive's weights in the eager
+             model, its dense part torch.compiled (the warm-up takes the compilation)
 
 Each path makes an Offline and a SingleStream performance run through run_eval.sh (so
 each has its run folder and run.json) and is measured for: preprocessing wall time, disk
@@ -42,6 +44,7 @@ PATHS = {
         "IMAGE_CACHE": "none",
     },
 }
+PATHS["native"] = dict(PATHS["project"], FREEZE="0", MODEL_IMPL="native", COMPILE="1")
 
 
 def folder_bytes(path):
@@ -96,6 +99,8 @@ def bench_path(name, settings, common, cache_dir):
                 "batch_size",
                 "threads",
                 "image_cache",
+                "model_impl",
+                "compile",
                 "device",
             )
         },
@@ -140,17 +145,28 @@ def machine_line(facts):
     )
 
 
+def ratio(a, b, forward):
+    if forward:
+        return f"{b / a:.2f}x" if a else ("0 B written" if not b else "n/a")
+    return f"{a / b:.2f}x faster" if b else "n/a"
+
+
 def table(results):
-    ref, ours = results["reference"], results["project"]
-    lines = ["| metric | reference | project | project vs reference |", "|---|---|---|---|"]
+    ref = results["reference"]
+    others = [name for name in PATHS if name != "reference" and name in results]
+    lines = [
+        "| metric | reference | "
+        + " | ".join(others)
+        + " | "
+        + " | ".join(f"{name} vs reference" for name in others)
+        + " |",
+        "|---" * (2 + 2 * len(others)) + "|",
+    ]
     for label, key, fmt, forward in ROWS:
-        a, b = ref[key], ours[key]
-        if forward:
-            ratio = f"{b / a:.2f}x" if a else ("0 B written" if not b else "n/a")
-        else:
-            ratio = f"{a / b:.2f}x faster" if b else "n/a"
-        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
-    for name in ("reference", "project"):
+        values = [fmt.format(results[name][key]) for name in ["reference"] + others]
+        ratios = [ratio(ref[key], results[name][key], forward) for name in others]
+        lines.append(f"| {label} | " + " | ".join(values + ratios) + " |")
+    for name in ["reference"] + others:
         s = results[name]["settings"]
         lines.append(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
     return "\n".join(lines)
@@ -168,7 +184,12 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--user-conf", default=str(PROJECT_ROOT / "conf" / "demo-user.conf"))
     parser.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
+    parser.add_argument(
+        "--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="paths to measure"
+    )
     args = parser.parse_args()
+    if "reference" not in args.paths:
+        parser.error("--paths: the reference is what the others are measured against")
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.results_dir) / f"{stamp}-bench"
@@ -186,6 +207,8 @@ def main():
     results = {"machine": machine()}
     print(f"bench: {machine_line(results['machine'])}", flush=True)
     for name, settings in PATHS.items():
+        if name not in args.paths:
+            continue
         print(f"bench: {name} path ...", flush=True)
         results[name] = bench_path(name, settings, common, out / f"cache-{name}")
     command = " ".join(["python -m retinanet.bench"] + sys.argv[1:])

@@ -158,14 +158,15 @@ def harness_images(data_dir, count, backend):
         return [ds.get_item(i)[0] for i in range(ds.get_item_count())], list(ds.image_ids)
 
 
-def load_model(model, backend, factory):
-    """The harness's backend with the model loaded, and the name of its input."""
+def load_model(model, backend, factory, eager=None):
+    """The harness's backend with the model loaded (eager: the TorchScript archive's weights
+    in that eager model, MODEL_IMPL=native), and the name of its input."""
     if backend == "onnxruntime":
         runtime = harness.module("backend_onnxruntime").BackendOnnxruntime()
         runtime.load(str(model), inputs=["images"], outputs=["boxes", "labels", "scores"])
         return runtime, "images"
     runtime = harness.module("backend_pytorch_native").BackendPytorchNative()
-    runtime.set_model_source(factory, trust_pickle=True)  # safety() has decided already
+    runtime.set_model_source(factory, trust_pickle=True, eager_model=eager)  # safety() decided
     runtime.load(str(model), inputs=["image"], outputs=["boxes", "labels", "scores"])
     return runtime, "image"
 
@@ -307,7 +308,14 @@ def shifted_labels(found, truth, image_ids):
 
 
 def check(
-    model, data_dir, backend="pytorch", factory=None, trusted=False, images=1, stall_timeout=0
+    model,
+    data_dir,
+    backend="pytorch",
+    factory=None,
+    trusted=False,
+    images=1,
+    stall_timeout=0,
+    eager=None,
 ):
     """Returns a one-line summary; raises ModelProblem.
 
@@ -318,7 +326,7 @@ def check(
     pixels, image_ids = harness_images(data_dir, images, backend)
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            runtime, input_name = load_model(model, backend, factory)
+            runtime, input_name = load_model(model, backend, factory, eager)
         except Exception as error:
             raise ModelProblem(
                 f"the {backend} backend cannot load it: {first_line(error)}"

@@ -54,6 +54,15 @@ def package_versions():
     return versions
 
 
+def environment():
+    """The kind of Python environment the run used (make's ENV_KIND: venv, conda, or system,
+    a container's Python as it is), and which Python that was."""
+    kind = os.environ.get("ENV_KIND")
+    if not kind:  # run_eval.sh called without make
+        kind = "venv" if Path(sys.prefix).resolve() == (PROJECT_ROOT / ".venv").resolve() else None
+    return {"kind": kind, "python": sys.executable, "prefix": sys.prefix}
+
+
 def accelerator():
     import torch
 
@@ -180,6 +189,7 @@ def start(run_dir, settings, command, pid=None, requested=None, compliance=None)
         "requested": requested or {},
         "project": project_state(),
         "upstream": upstream_state(),
+        "environment": environment(),
         "versions": package_versions(),
         "host": {
             "name": platform.node(),

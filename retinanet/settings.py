@@ -24,6 +24,8 @@ from pathlib import Path
 
 from retinanet import HARNESS, OFFICIAL_MODELS, PROJECT_ROOT, UPSTREAM
 
+# MODEL_IMPL=native: the harness's --eager-model (patch 0029)
+NATIVE_MODEL = "retinanet.native_model:from_archive"
 SCENARIOS = ("Offline", "Server", "SingleStream", "MultiStream")
 BACKENDS = ("pytorch", "onnxruntime")
 RAY_RUNNER = "retinanet.ray_sut:RayRunner"  # WORKERS, RAY_ADDRESS: main.py's --runner
@@ -153,6 +155,7 @@ class Setting:
     auto: Callable | None = None  # (resolved settings so far) -> value, for `auto`
     onnxruntime: str | None = None  # the value BACKEND=onnxruntime runs (upstream's profile)
     flag: str | None = None  # the harness's flag: "--x" followed by the value, or alone for 0/1
+    harness: Callable | None = None  # value -> the harness's arguments, where not flag + value
     affects_result: bool = False  # a difference makes two runs' figures incomparable
 
     @property
@@ -222,6 +225,18 @@ SETTINGS = [
         "package.module:function building the nn.Module that MODEL, a state dict, loads into",
         factory,
         flag="--model-factory",
+        affects_result=True,
+    ),
+    Setting(
+        "MODEL_IMPL",
+        "auto",
+        "torchscript: run the archive as it is; native: its weights in the project's eager "
+        "model of the same architecture (retinanet/native_model.py), which COMPILE=1 can "
+        "compile; auto: torchscript",
+        one_of("torchscript", "native"),
+        auto=always("torchscript"),
+        onnxruntime="torchscript",
+        harness=lambda value: ["--eager-model", NATIVE_MODEL] if value == "native" else [],
         affects_result=True,
     ),
     Setting(
@@ -315,6 +330,17 @@ SETTINGS = [
         affects_result=True,
     ),
     Setting(
+        "COMPILE",
+        "auto",
+        "1: torch.compile (inductor) an eager model (MODEL_IMPL=native or MODEL_FACTORY); the "
+        "native model compiles backbone, FPN and heads only, with CUDA graphs on a GPU; auto: 0",
+        one_of("0", "1"),
+        auto=always("0"),
+        onnxruntime="0",
+        flag="--compile",
+        affects_result=True,
+    ),
+    Setting(
         "INTRA_THREADS",
         "",
         "torch intra-op threads (empty: torch's default, one per core)",
@@ -340,7 +366,8 @@ SETTINGS = [
     Setting(
         "GUARD_IMAGES",
         "8",
-        "accuracy runs in bf16 or fp16: compare with fp32 on this many images (0: off)",
+        "accuracy runs in bf16 or fp16, or with COMPILE=1: compare with plain fp32 on this many "
+        "images (0: off)",
         whole(0),
     ),
     Setting(
@@ -453,6 +480,7 @@ def resolve(requested):
             resolved[setting.name] = setting.auto(resolved)
     if resolved["DEVICE"] == "cpu" and resolved["PRECISION"] == "fp16":
         problems.append("PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32")
+    problems += model_impl_problems(resolved)
     if not resolved["MODEL"]:
         official = OFFICIAL_MODELS["onnx" if resolved["BACKEND"] == "onnxruntime" else "pytorch"][
             "file"
@@ -463,11 +491,34 @@ def resolve(requested):
     return resolved, problems
 
 
+def model_impl_problems(resolved):
+    """What the model's form allows: freezing is TorchScript's, compiling an eager model's."""
+    native, factory = resolved["MODEL_IMPL"] == "native", bool(resolved["MODEL_FACTORY"])
+    problems = []
+    if native and factory:
+        problems.append(
+            "MODEL_IMPL=native loads a TorchScript archive's weights, MODEL_FACTORY a state "
+            "dict's: use one of them"
+        )
+    if native and resolved["FREEZE"] == "1":
+        problems.append(
+            "FREEZE=1 is for TorchScript (MODEL_IMPL=torchscript); the native model has COMPILE=1"
+        )
+    if resolved["COMPILE"] == "1" and not (native or factory):
+        problems.append(
+            "COMPILE=1 needs an eager model: MODEL_IMPL=native (or MODEL_FACTORY); TorchScript "
+            "has FREEZE=1"
+        )
+    return problems
+
+
 def harness_args(resolved):
     """python/main.py's arguments for these settings (the run folder's own are run_eval.sh's)."""
     args = []
     for setting in SETTINGS:
         value = resolved[setting.name]
+        if setting.harness:
+            args += setting.harness(value)
         if not setting.flag or value in ("", "auto"):
             continue
         if setting.switch:

@@ -110,6 +110,8 @@ def test_run_json_says_how_each_run_was_made(records, demo):
         assert upstream["patches"] == [
             {"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in patches
         ]
+        assert record["environment"]["kind"] == "venv"  # make's default ENV_KIND
+        assert record["environment"]["python"] == PYTHON
         assert {"python", "torch", "torchvision", "mlcommons-loadgen"} <= set(record["versions"])
         assert {"cuda", "cudnn", "gpus", "cpu", "name"} <= set(record["host"])
         model = demo["models"]["oracle"]

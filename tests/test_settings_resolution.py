@@ -160,7 +160,7 @@ def test_saved_runs_rerun_what_they_recorded(run_dir):
     recorded = run["settings"]
     again = rerun_settings(run["rerun"])
     assert run["rerun"].startswith("make eval " if recorded["mode"] == "accuracy" else "make perf ")
-    # a record made before a setting existed lacks it: unset then
+    # a record made before a setting existed (WORKERS, MODEL_IMPL, COMPILE) lacks it: unset then
     assert again == {s.name: recorded[s.key] for s in SETTINGS if recorded.get(s.key)}
     for name, value in run["requested"].items():
         if value == "auto" and name != "STALL_TIMEOUT":
