@@ -20,7 +20,7 @@ import torch
 from helpers import DEMO_USER_CONF, PYTHON, TESTS
 
 from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, harness, patch_series
-from retinanet.bench_harness import MEASURED
+from retinanet.bench_harness import series_before_measured
 
 UPSTREAM_OPENIMAGES = "vision/classification_and_detection/python/openimages.py"
 
@@ -107,9 +107,10 @@ def run_measured(cwd, *settings):
 
 
 def unpatched_copy(project_copy):
-    """The project copy with the series less the measured patches, applied."""
+    """The project copy with the series up to the measured patches, applied."""
+    kept = {patch.name for patch in series_before_measured()}
     for patch in (project_copy / "patches").glob("*.patch"):
-        if patch.stem.endswith(MEASURED):
+        if patch.name not in kept:
             patch.unlink()
     subprocess.run(
         [sys.executable, "-m", "retinanet.patch_series", "apply"],
