@@ -3,13 +3,11 @@ fresh folders) and hooks: the test tiers (docs/testing.md). What tests import is
 helpers.py."""
 
 import os
-import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-from helpers import make, upstream_missing
+from helpers import run_into, upstream_missing
 
 from retinanet import PROJECT_ROOT, UPSTREAM, patch_series
 
@@ -47,18 +45,7 @@ def run(tmp_path):
     """make eval/perf into a fresh results and cache folder; returns (process, run folder)."""
 
     def _run(target, data, model, *settings, check=True, device="cpu"):
-        proc = make(
-            target,
-            f"DATA_DIR={data}",
-            f"MODEL={model}",
-            f"RESULTS_DIR={tmp_path / 'results'}",
-            f"CACHE_DIR={tmp_path / 'cache'}",
-            f"DEVICE={device}",
-            *settings,
-            check=check,
-        )
-        match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
-        return proc, Path(match.group(1)) if match else None
+        return run_into(tmp_path, target, data, model, *settings, check=check, device=device)
 
     return _run
 

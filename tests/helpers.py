@@ -2,6 +2,7 @@
 processes and git state. Fixtures and hooks stay in conftest.py; tests import from here."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,3 +92,20 @@ def patch_series_in(project, action):
         capture_output=True,
         text=True,
     )
+
+
+def run_into(folder, target, data, model, *settings, check=True, device="cpu", prefix=()):
+    """make eval/perf with FOLDER's results and cache folders; returns (process, run folder)."""
+    proc = make(
+        target,
+        f"DATA_DIR={data}",
+        f"MODEL={model}",
+        f"RESULTS_DIR={folder / 'results'}",
+        f"CACHE_DIR={folder / 'cache'}",
+        f"DEVICE={device}",
+        *settings,
+        check=check,
+        prefix=prefix,
+    )
+    match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
+    return proc, Path(match.group(1)) if match else None

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DEMO_USER_CONF, PYTHON, TESTS, make
+from helpers import DEMO_USER_CONF, PYTHON, TESTS, make, run_into
 
 from retinanet import PROJECT_ROOT, settings
 
@@ -88,19 +88,7 @@ def no_ray_left():
 
 
 def ray_run(tmp_path, target, data, model, *settings, check=True):
-    proc = make(
-        target,
-        f"DATA_DIR={data}",
-        f"MODEL={model}",
-        f"RESULTS_DIR={tmp_path / 'results'}",
-        f"CACHE_DIR={tmp_path / 'cache'}",
-        "DEVICE=cpu",
-        *settings,
-        check=check,
-        prefix=LOOPBACK,
-    )
-    match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
-    return proc, Path(match.group(1)) if match else None
+    return run_into(tmp_path, target, data, model, *settings, check=check, prefix=LOOPBACK)
 
 
 def detections(run_dir):
