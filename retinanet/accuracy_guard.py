@@ -22,6 +22,7 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou
 
 from retinanet import ANNOTATIONS, INPUT_SIZE, harness
+from retinanet.settings import NATIVE_MODEL_NNPACK
 
 SCORE_THRESHOLD = 0.05  # the harness's PostProcessOpenImagesRetinanet
 MATCH_IOU = 0.9
@@ -108,11 +109,13 @@ def subset_map(truth, image_infos, detections):
     return 100.0 * max(evaluation.stats[0], 0.0)
 
 
-def guard(model, data_dir, images, settings, source=None, stall_timeout=0):
+def guard(model, data_dir, images, settings, source=None, stall_timeout=0, reference_source=None):
+    """reference_source: how the fp32 reference loads the model, where not as `source` does
+    (NNPACK=1: the native model without NNPACK)."""
     with tempfile.TemporaryDirectory() as cache_dir:
         ds = harness.openimages(data_dir, cache_dir, images)
         pixels = [ds.get_item(i)[0] for i in range(ds.get_item_count())]
-    reference = detect(model, pixels, source, stall_timeout, precision="fp32")
+    reference = detect(model, pixels, reference_source or source, stall_timeout, precision="fp32")
     candidate = detect(model, pixels, source, stall_timeout, **settings)
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -145,6 +148,10 @@ def main():
         help="MODULE:FUNCTION that loads the archive's weights into an eager model (both runs)",
     )
     parser.add_argument(
+        "--reference-eager-model",
+        help="the fp32 reference's MODULE:FUNCTION, where it differs from --eager-model's",
+    )
+    parser.add_argument(
         "--model-factory", help="MODULE:FUNCTION that builds the model a state dict loads into"
     )
     parser.add_argument(
@@ -169,8 +176,19 @@ def main():
         "trust_pickle": args.trust_pickle,
         "eager_model": args.eager_model,
     }
+    reference_source = None
+    if args.reference_eager_model:
+        reference_source = dict(source, eager_model=args.reference_eager_model)
     try:
-        report = guard(args.model, args.data_dir, args.images, settings, source, args.stall_timeout)
+        report = guard(
+            args.model,
+            args.data_dir,
+            args.images,
+            settings,
+            source,
+            args.stall_timeout,
+            reference_source,
+        )
     except Exception as error:  # the traceback for the log, then one line for run_eval.sh
         traceback.print_exc()
         reason = str(error) if isinstance(error, GuardError) else f"{type(error).__name__}: {error}"
@@ -182,6 +200,7 @@ def main():
         + ["channels_last"] * args.channels_last
         + ["freeze"] * args.freeze
         + ["compile"] * args.compile
+        + ["nnpack"] * (args.eager_model == NATIVE_MODEL_NNPACK)
     )
     print(
         f"accuracy guard, {name} against fp32 on {report['images']} images: "

@@ -15,6 +15,12 @@ unexpected key, the old FPN and head key layouts mapped to today's.
 The forward is two parts: `dense` (normalise, backbone, FPN, heads: fixed shapes, what
 torch.compile and CUDA graphs take) and `detections` (data-dependent: thresholds, top-k,
 box decoding, NMS), which runs in fp32 whatever the autocast around it.
+
+NNPACK=1 (`from_archive_nnpack`) runs the 3x3 convolutions of the FPN and the heads, most
+of the model's work, through NNPACK, which ships inside torch's CPU builds: its Winograd
+kernels did them about 3x faster than oneDNN's on an AVX2 CPU in fp32 (BENCHMARKS.md).
+Winograd sums in another order, so detections differ from plain fp32 by rounding: the
+accuracy guard measures by how much.
 """
 
 import re
@@ -164,6 +170,50 @@ class NativeRetinaNet(nn.Module):
         return self
 
 
+@torch.library.custom_op("retinanet::nnpack_conv2d", mutates_args=())
+def nnpack_conv2d(
+    x: Tensor, weight: Tensor, bias: Tensor, padding: list[int], stride: list[int]
+) -> Tensor:
+    """One image per call: NNPACK's batched path was slower than that. An op of its own, so
+    that torch.compile (COMPILE=1) calls it as it is."""
+    x, weight = x.contiguous(), weight.contiguous()  # NNPACK takes NCHW
+    outputs = [
+        torch._nnpack_spatial_convolution(image, weight, bias, padding, stride)
+        for image in x.split(1)
+    ]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+@nnpack_conv2d.register_fake
+def _(x, weight, bias, padding, stride):
+    sides = [
+        (x.shape[i + 2] + 2 * padding[i] - weight.shape[i + 2]) // stride[i] + 1 for i in (0, 1)
+    ]
+    return x.new_empty(x.shape[0], weight.shape[0], *sides)
+
+
+class NNPACKConv2d(nn.Conv2d):
+    """A convolution through NNPACK where NNPACK takes it (a CPU tensor in fp32, no autocast),
+    else the usual path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        return nnpack_conv2d(x, self.weight, self.bias, list(self.padding), list(self.stride))
+
+
+def use_nnpack(module):
+    """Every plain 3x3 convolution below `module` made an NNPACKConv2d, weights kept."""
+    for child in module.children():
+        if type(child) is nn.Conv2d and (child.kernel_size, child.groups, child.dilation) == (
+            (3, 3), 1, (1, 1)
+        ):  # fmt: skip
+            child.__class__ = NNPACKConv2d  # same parameters and state-dict keys
+        else:
+            use_nnpack(child)
+    return module
+
+
 # -- the archive's weights ---------------------------------------------------------------
 
 # Layouts of older torchvision, as the official archive has them: FPN blocks were plain
@@ -210,3 +260,14 @@ def from_archive(path):
     """The native model with the weights of a TorchScript archive, loaded strictly."""
     archive = torch.jit.load(str(path), map_location="cpu")
     return from_state_dict(archive.state_dict())
+
+
+def from_archive_nnpack(path):
+    """from_archive, with the FPN's and heads' 3x3 convolutions through NNPACK. The backbone's
+    are grouped (ResNeXt) or strided 7x7, which NNPACK does not take or does slower."""
+    if not torch._nnpack_available():  # also NNPACK's one-time initialisation
+        raise RuntimeError("this torch has no NNPACK: run with NNPACK=0")
+    model = from_archive(path)
+    use_nnpack(model.backbone.fpn)
+    use_nnpack(model.head)
+    return model

@@ -172,8 +172,8 @@ def device_environment(device):
 def guard_args(mode, resolved, images):
     """The accuracy guard's arguments; none where it does not run.
 
-    It does not run in fp32, in performance mode, or with GUARD_IMAGES=0."""
-    faster = resolved["PRECISION"] != "fp32" or resolved["COMPILE"] == "1"
+    It does not run in plain fp32, in performance mode, or with GUARD_IMAGES=0."""
+    faster = "1" in (resolved["COMPILE"], resolved["NNPACK"]) or resolved["PRECISION"] != "fp32"
     if mode != "accuracy" or not faster or resolved["GUARD_IMAGES"] == "0":
         return []
     args = [
@@ -192,7 +192,9 @@ def guard_args(mode, resolved, images):
         resolved["FREEZE"] == "1"
     )
     args += ["--model-factory", resolved["MODEL_FACTORY"]] * bool(resolved["MODEL_FACTORY"])
-    args += ["--eager-model", settings.NATIVE_MODEL] * (resolved["MODEL_IMPL"] == "native")
+    if resolved["MODEL_IMPL"] == "native":  # fp32 runs the plain native model: no NNPACK
+        args += ["--eager-model", settings.eager_model(resolved)]
+        args += ["--reference-eager-model", settings.NATIVE_MODEL]
     args += ["--compile"] * (resolved["COMPILE"] == "1")
     return args + ["--trust-pickle"] * (resolved["TRUST_MODEL"] == "1")
 
@@ -249,7 +251,7 @@ def model_contract(resolved, images):
             resolved["TRUST_MODEL"] == "1",
             min(int(resolved["CHECK_IMAGES"]), images),
             float(stall_seconds(resolved)),
-            settings.NATIVE_MODEL if resolved["MODEL_IMPL"] == "native" else None,
+            settings.eager_model(resolved) or None,
         )
     except model_check.ModelProblem as problem:
         raise SystemExit(model_check.error_line(resolved["MODEL"], problem)) from None

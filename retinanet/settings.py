@@ -24,8 +24,9 @@ from pathlib import Path
 
 from retinanet import HARNESS, OFFICIAL_MODELS, PROJECT_ROOT, UPSTREAM
 
-# MODEL_IMPL=native: the harness's --eager-model (patch 0029)
+# MODEL_IMPL=native: the harness's --eager-model (patch 0031), with NNPACK=1 its NNPACK form
 NATIVE_MODEL = "retinanet.native_model:from_archive"
+NATIVE_MODEL_NNPACK = "retinanet.native_model:from_archive_nnpack"
 SCENARIOS = ("Offline", "Server", "SingleStream", "MultiStream")
 BACKENDS = ("pytorch", "onnxruntime")
 RAY_RUNNER = "retinanet.ray_sut:RayRunner"  # WORKERS, RAY_ADDRESS: main.py's --runner
@@ -155,7 +156,7 @@ class Setting:
     auto: Callable | None = None  # (resolved settings so far) -> value, for `auto`
     onnxruntime: str | None = None  # the value BACKEND=onnxruntime runs (upstream's profile)
     flag: str | None = None  # the harness's flag: "--x" followed by the value, or alone for 0/1
-    harness: Callable | None = None  # value -> the harness's arguments, where not flag + value
+    harness: Callable | None = None  # resolved -> the harness's arguments, where not flag + value
     affects_result: bool = False  # a difference makes two runs' figures incomparable
 
     @property
@@ -179,6 +180,27 @@ def native_bf16():
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def eager_model(resolved):
+    """The harness's --eager-model for these settings: empty for TorchScript."""
+    if resolved["MODEL_IMPL"] != "native":
+        return ""
+    return NATIVE_MODEL_NNPACK if resolved["NNPACK"] == "1" else NATIVE_MODEL
+
+
+def has_nnpack():
+    import torch
+
+    return torch._nnpack_available()
+
+
+def auto_nnpack(resolved):
+    """NNPACK where it runs: the native model's fp32 convolutions on a CPU."""
+    fits = (resolved["MODEL_IMPL"], resolved["DEVICE"], resolved["PRECISION"]) == (
+        "native", "cpu", "fp32"
+    )  # fmt: skip
+    return "1" if fits and has_nnpack() else "0"
 
 
 def auto_device(resolved):
@@ -236,7 +258,9 @@ SETTINGS = [
         one_of("torchscript", "native"),
         auto=always("torchscript"),
         onnxruntime="torchscript",
-        harness=lambda value: ["--eager-model", NATIVE_MODEL] if value == "native" else [],
+        harness=lambda resolved: (
+            ["--eager-model", eager_model(resolved)] * bool(eager_model(resolved))
+        ),
         affects_result=True,
     ),
     Setting(
@@ -310,11 +334,23 @@ SETTINGS = [
         affects_result=True,
     ),
     Setting(
+        "NNPACK",
+        "auto",
+        "1: the native model's 3x3 FPN and head convolutions through NNPACK's Winograd "
+        "kernels (CPU, fp32; about 3x oneDNN's on AVX2); auto: 1 for MODEL_IMPL=native in fp32 "
+        "on a CPU",
+        one_of("0", "1"),
+        auto=auto_nnpack,
+        onnxruntime="0",
+        affects_result=True,
+    ),
+    Setting(
         "CHANNELS_LAST",
         "auto",
-        "1: model and inputs in channels_last memory format; auto: 1",
+        "1: model and inputs in channels_last memory format; auto: 1 (0 with NNPACK=1, which "
+        "takes NCHW)",
         one_of("0", "1"),
-        auto=always("1"),
+        auto=lambda resolved: "0" if resolved["NNPACK"] == "1" else "1",
         onnxruntime="0",
         flag="--channels-last",
         affects_result=True,
@@ -504,6 +540,12 @@ def model_impl_problems(resolved):
         problems.append(
             "FREEZE=1 is for TorchScript (MODEL_IMPL=torchscript); the native model has COMPILE=1"
         )
+    if resolved["NNPACK"] == "1" and not native:
+        problems.append("NNPACK=1 is the native model's: MODEL_IMPL=native (or NNPACK=0)")
+    elif resolved["NNPACK"] == "1" and resolved["DEVICE"] + resolved["PRECISION"] != "cpufp32":
+        problems.append(
+            "NNPACK=1 runs fp32 convolutions on a CPU: DEVICE=cpu PRECISION=fp32 (or NNPACK=0)"
+        )
     if resolved["COMPILE"] == "1" and not (native or factory):
         problems.append(
             "COMPILE=1 needs an eager model: MODEL_IMPL=native (or MODEL_FACTORY); TorchScript "
@@ -518,7 +560,7 @@ def harness_args(resolved):
     for setting in SETTINGS:
         value = resolved[setting.name]
         if setting.harness:
-            args += setting.harness(value)
+            args += setting.harness(resolved)
         if not setting.flag or value in ("", "auto"):
             continue
         if setting.switch:

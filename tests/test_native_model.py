@@ -14,7 +14,7 @@ from test_hardware_branches import ONE_IMAGE, completed, detections_in, plausibl
 
 from retinanet import harness, native_model, preflight, settings
 from retinanet.accuracy_guard import agreement, detect
-from retinanet.settings import NATIVE_MODEL
+from retinanet.settings import NATIVE_MODEL, NATIVE_MODEL_NNPACK
 
 # fp32, the same kernels in the same order: equal but for float noise
 BOX_TOLERANCE = 1e-3  # pixels, in the 800x800 frame
@@ -114,13 +114,14 @@ def test_native_through_the_harness_gives_the_torchscript_detections(
         demo["data"],
         demo["models"]["random-weights"],
         "MODEL_IMPL=native",
+        "NNPACK=0",
         "PRECISION=fp32",
         "CHANNELS_LAST=0",
         "CHECK_IMAGES=1",
         *ONE_IMAGE,
     )
     record = completed(run_dir)
-    assert record["settings"]["model_impl"] == "native"
+    assert record["settings"]["model_impl"] == "native" and record["settings"]["nnpack"] == "0"
     assert "--eager-model" in record["command"]
     rows = detections_in(run_dir)[0]
     plausible(rows)
@@ -144,16 +145,85 @@ def test_native_refuses_what_is_torchscript_only(run, demo):
     )
 
 
-def test_guard_arguments_carry_the_native_model_and_compile():
-    resolved, problems = settings.resolve(
-        {"MODEL_IMPL": "native", "COMPILE": "1", "PRECISION": "fp32", "DEVICE": "cpu"}
-    )
+def test_guard_arguments_carry_the_native_model_compile_and_nnpack():
+    native_cpu = {"MODEL_IMPL": "native", "PRECISION": "fp32", "DEVICE": "cpu"}
+    resolved, problems = settings.resolve({**native_cpu, "COMPILE": "1", "NNPACK": "0"})
     assert problems == []
     args = preflight.guard_args("accuracy", resolved, 8)
     assert args[args.index("--eager-model") + 1] == NATIVE_MODEL and "--compile" in args
     assert preflight.guard_args("performance", resolved, 8) == []
     resolved["COMPILE"] = "0"  # plain fp32: nothing to guard
     assert preflight.guard_args("accuracy", resolved, 8) == []
+
+    # NNPACK: on by default for the native model in fp32 on a CPU, in NCHW; guarded against
+    # the native model without it
+    resolved, problems = settings.resolve(native_cpu)
+    assert problems == [] and (resolved["NNPACK"], resolved["CHANNELS_LAST"]) == ("1", "0")
+    args = settings.harness_args(resolved)
+    assert args[args.index("--eager-model") + 1] == NATIVE_MODEL_NNPACK
+    args = preflight.guard_args("accuracy", resolved, 8)
+    assert args[args.index("--eager-model") + 1] == NATIVE_MODEL_NNPACK
+    assert args[args.index("--reference-eager-model") + 1] == NATIVE_MODEL
+    for other in ({"PRECISION": "bf16"}, {"MODEL_IMPL": "torchscript"}):
+        resolved, problems = settings.resolve({**native_cpu, **other})
+        assert problems == [] and resolved["NNPACK"] == "0"
+    for other, problem in [
+        ({"PRECISION": "bf16"}, "NNPACK=1 runs fp32 convolutions on a CPU: DEVICE=cpu"),
+        ({"MODEL_IMPL": "torchscript"}, "NNPACK=1 is the native model's: MODEL_IMPL=native"),
+    ]:
+        _, problems = settings.resolve({**native_cpu, **other, "NNPACK": "1"})
+        assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+@pytest.mark.timeout(300)
+def test_nnpack_runs_the_fpn_and_head_convolutions(demo, first_image, torchscript_detections):
+    """NNPACK=1: every 3x3 convolution of the FPN and the heads goes through NNPACK (the
+    profiler counts its calls), and the detections are fp32's but for rounding: Winograd
+    sums in another order."""
+    model = native_model.from_archive_nnpack(demo["models"]["random-weights"])
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    nnpack = [m for m in convs if isinstance(m, native_model.NNPACKConv2d)]
+    # FPN: 3 outputs and P6, P7; each head: 4 convs and its last, on each of 5 levels
+    assert len(nnpack) == 3 + 2 + 2 * 5
+    assert all(m.kernel_size == (3, 3) for m in nnpack)
+    assert not any(isinstance(m, native_model.NNPACKConv2d) for m in model.backbone.body.modules())
+    with torch.inference_mode(), torch.profiler.profile() as profile:
+        results = model(torch.as_tensor(first_image[0])[None])
+    calls = {event.key: event.count for event in profile.key_averages()}
+    assert calls.get("aten::_nnpack_spatial_convolution") == 3 + 2 + 2 * 5 * 5, calls
+
+    keep = results[0]["scores"] >= 0.05
+    candidate = [tuple(results[0][k][keep].numpy() for k in ("boxes", "scores", "labels"))]
+    (_, ts_scores, _), (_, scores, _) = torchscript_detections[0], candidate[0]
+    match = agreement(torchscript_detections, candidate)
+    print(f"\nnative+NNPACK against TorchScript fp32, 1 image: {match}")
+    # near-ties of the random weights move across the cut-off (see the compile test below)
+    assert len(scores) == len(ts_scores)
+    assert abs(np.sort(scores) - np.sort(ts_scores)).max() < SCORE_TOLERANCE * 10
+    assert match["agreement"] >= 0.7 and match["mean_abs_score_difference"] < 1e-5
+
+
+def test_nnpack_by_default_through_the_harness_with_the_guard(run, demo):
+    """MODEL_IMPL=native in fp32 on a CPU takes NNPACK by itself; the accuracy guard compares
+    it with the native model without NNPACK."""
+    proc, run_dir = run(
+        "eval",
+        demo["data"],
+        demo["models"]["random-weights"],
+        "MODEL_IMPL=native",
+        "PRECISION=fp32",
+        "CHECK_IMAGES=1",
+        "GUARD_IMAGES=1",
+        *ONE_IMAGE,
+    )
+    record = completed(run_dir)
+    assert (record["settings"]["nnpack"], record["settings"]["channels_last"]) == ("1", "0")
+    assert NATIVE_MODEL_NNPACK in record["command"]
+    plausible(detections_in(run_dir)[0])
+    guard = json.loads((run_dir / "guard.json").read_text())
+    assert guard["reference_detections"] > 0
+    assert guard["agreement"] >= 0.7 and guard["mean_abs_score_difference"] < 1e-5
+    assert "accuracy guard, fp32+nnpack against fp32 on 1 images" in proc.stdout
 
 
 @pytest.mark.timeout(900)
