@@ -47,7 +47,7 @@ B ?=
 TORCH_INDEX_URL ?=
 ## make setup: venv (.venv), conda (env 'retinanet' from retinanet.yaml) or system (python3 on PATH as it is)
 ENV_KIND ?= venv
-## make setup, loadgen: a folder of wheels to install from, without an index (no network)
+## make setup, loadgen, gpu-check: a folder of wheels to install from, without an index (no network); make gpu-pack: where it downloads them (empty: wheels)
 WHEELS ?=
 ## make setup with ENV_KIND=system: run (what runs need) or all (the optional packages too)
 SYSTEM_PACKAGES ?= run
@@ -242,6 +242,10 @@ bench-harness: setup $(DEMO_DATA) ## The harness's own ceiling: a zero-cost mode
 GPU_CHECK_DIR ?= gpu-check
 ## make gpu-check: more arguments for retinanet/gpu_check.py, e.g. --budget 400 --rows 'native fp16'
 GPU_CHECK_ARGS ?=
+
+.PHONY: gpu-pack
+gpu-pack: ## Here, with git and PyPI: patch, the wheels a GPU loan lacks into WHEELS (default wheels), the size checked, the run call printed
+	$(PYTHON) -m retinanet.gpu_pack --wheels '$(or $(WHEELS),wheels)'
 
 .PHONY: gpu-check
 gpu-check: ## On a GPU machine with its own CUDA torch (ENV_KIND=system, WHEELS=... offline): setup, demo, bench, the settings sweep, one table, all in GPU_CHECK_DIR

@@ -6,7 +6,8 @@
 #   ./setup.sh STEP...      upstream | patch | env | loadgen
 #
 #   upstream  vendor/inference at the pinned commit (the submodule's gitlink), as a
-#             sparse, blob-filtered checkout of the folders the overlay uses
+#             sparse, blob-filtered checkout of the folders the overlay uses; in a copy
+#             without git, the patched tree the patch step recorded there, checked
 #   patch     the patch series in patches/
 #   env       the Python environment: .venv (default), the conda env 'retinanet' from
 #             retinanet.yaml with ENV_KIND=conda, or with ENV_KIND=system the python3 on
@@ -76,6 +77,12 @@ PY
 
 step_upstream() {
   local pin url head output
+  if [ ! -e .git ]; then
+    # a copy without git (a GPU machine's): the pin is what the patch step recorded in
+    # vendor/inference, and the record must match patches/ and the files it names
+    python3 -m retinanet.patch_series recorded | sed 's/^/setup: /'
+    return
+  fi
   pin=$(git ls-files --stage -- "$UPSTREAM" | awk '$1 == "160000" { print $2 }')
   [ -n "$pin" ] || die "$UPSTREAM is not a submodule in this checkout: clone the project with git"
   url=$(git config -f .gitmodules "submodule.$UPSTREAM.url")

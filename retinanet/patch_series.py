@@ -11,9 +11,17 @@ Two states of vendor/inference:
            (apply, verify, runs and run records need this one)
   editing  HEAD on branch 'patches': the pin plus one commit per patch (edit), to change
            with plain git; export writes the commits back to patches/ and returns to normal
+
+A tree without git (a copy of the project's files, as a GPU machine receives it: no .git,
+and vendor/inference without its git dir) cannot compute the pin or the applied series.
+So whenever git has confirmed the whole series applied (apply, export), a record of it is
+written into vendor/inference (SERIES_RECORD: the pin, each patch's SHA-256 and the SHA-256 of
+every file the series changed), ignored by the submodule's git. Without git, apply and
+verify check that record against patches/ and the files, and say that they did.
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -22,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from retinanet import PROJECT_ROOT, UPSTREAM
+from retinanet.files import file_digest, write_json
 
 PATCH_DIR = PROJECT_ROOT / "patches"
 PATCH_NAME = re.compile(r"^(\d{4})-[a-z0-9][a-z0-9.-]*\.patch$")
@@ -82,6 +91,10 @@ GIT_AM = (
 )
 
 
+# In vendor/inference: what the series applied there was, for a copy that travels without git
+SERIES_RECORD = ".retinanet-series.json"
+
+
 class PatchError(Exception):
     pass
 
@@ -105,6 +118,87 @@ def pinned_commit(project=PROJECT_ROOT):
 
 def series(patch_dir=PATCH_DIR):
     return sorted(Path(patch_dir).glob("*.patch"))
+
+
+def git_checkout(project=PROJECT_ROOT):
+    """Whether the project is a git checkout (a worktree's .git is a file)."""
+    return (Path(project) / ".git").exists()
+
+
+def patch_digests(patches):
+    return [{"name": p.name, "sha256": file_digest(p, "sha256")} for p in patches]
+
+
+def content_digest(path):
+    """SHA-256 of a file, None where there is none (a file the series deletes)."""
+    return file_digest(path, "sha256") if Path(path).is_file() else None
+
+
+def write_record(upstream, pin, patches):
+    """Record the series git has just confirmed applied, and keep the record out of the
+    submodule's git status."""
+    changed = git("diff", "-z", "--name-only", "--no-renames", pin, cwd=upstream).stdout
+    files = {name: content_digest(Path(upstream) / name) for name in changed.split("\0") if name}
+    record = {"pin": pin, "patches": patch_digests(patches), "files": files}
+    write_json(Path(upstream) / SERIES_RECORD, record)
+    exclude = (
+        Path(upstream) / git("rev-parse", "--git-path", "info/exclude", cwd=upstream).stdout.strip()
+    )
+    lines = exclude.read_text().splitlines() if exclude.exists() else []
+    if f"/{SERIES_RECORD}" not in lines:
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text("".join(f"{line}\n" for line in lines + [f"/{SERIES_RECORD}"]))
+
+
+def record_name(upstream):
+    """Where the record is, as a user of the project names it: vendor/inference/..."""
+    path = Path(upstream).resolve() / SERIES_RECORD
+    return str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path)
+
+
+def drop_record(upstream):
+    (Path(upstream) / SERIES_RECORD).unlink(missing_ok=True)
+
+
+def recorded(upstream=UPSTREAM, patches=None):
+    """Without git: the record the patch step left in upstream, checked against patches/
+    and against the files the series changed. Returns it, or raises saying what to do."""
+    patches = series() if patches is None else patches
+    bring = "then bring vendor/inference from there"
+    try:
+        record = json.loads((Path(upstream) / SERIES_RECORD).read_text())
+    except (OSError, ValueError):
+        raise PatchError(
+            f"not a git checkout, and {upstream} holds no record of an applied series "
+            f"({SERIES_RECORD}): in a git checkout of the project run 'make patch' (it writes the "
+            f"record), {bring}"
+        ) from None
+    pin = record["pin"]
+    applied = {p["name"]: p["sha256"] for p in record["patches"]}
+    here = {p["name"]: p["sha256"] for p in patch_digests(patches)}
+    if applied != here:
+        differ = sorted(
+            f"{name} {'new' if name not in applied else 'gone' if name not in here else 'changed'}"
+            for name in applied.keys() | here.keys()
+            if applied.get(name) != here.get(name)
+        )
+        raise PatchError(
+            f"patches/ is not the series applied to {upstream} at {pin[:12]} "
+            f"({', '.join(differ)}), and without git it cannot be applied again: in a git "
+            f"checkout with these patches/ run 'make patch', {bring}"
+        )
+    changed = sorted(
+        name
+        for name, digest in record["files"].items()
+        if content_digest(Path(upstream) / name) != digest
+    )
+    if changed:
+        raise PatchError(
+            f"{upstream} has changed since the series was applied at {pin[:12]} "
+            f"({', '.join(changed[:5])}), and without git it cannot be checked or repaired: "
+            f"in a git checkout run 'make patch', {bring}"
+        )
+    return record
 
 
 def header_problems(patches):
@@ -211,20 +305,28 @@ def applied_count(upstream, pin, patches, then="make patch"):
 
 def apply(upstream=UPSTREAM, patches=None, pin=None):
     patches = series() if patches is None else patches
+    if pin is None and not git_checkout():
+        record = recorded(upstream, patches)
+        print(
+            f"patch series applied (recorded at {record['pin'][:12]}, {len(patches)} patches; "
+            "not a git checkout)"
+        )
+        return
     pin = pin or pinned_commit()
     done = applied_count(upstream, pin, patches)
     if done == len(patches):
         print(f"patch series already applied ({len(patches)} patches)")
-        return
     for patch in patches[done:]:
         git("apply", "--index", str(patch), cwd=upstream)
         print(f"applied {patch.name}")
+    write_record(upstream, pin, patches)
 
 
 def revert(upstream=UPSTREAM, patches=None, pin=None):
     patches = series() if patches is None else patches
     pin = pin or pinned_commit()
     done = applied_count(upstream, pin, patches)
+    drop_record(upstream)
     if done == 0:
         print("no patch of the series is applied")
         return
@@ -236,6 +338,13 @@ def revert(upstream=UPSTREAM, patches=None, pin=None):
 def verify(upstream=UPSTREAM, patches=None, pin=None):
     """Raise unless the checkout holds exactly the whole series."""
     patches = series() if patches is None else patches
+    if pin is None and not git_checkout():
+        record = recorded(upstream, patches)
+        print(
+            f"upstream {record['pin'][:12]} with {len(patches)} patches applied "
+            "(recorded; not a git checkout)"
+        )
+        return
     pin = pin or pinned_commit()
     done = applied_count(upstream, pin, patches)
     if done != len(patches):
@@ -244,6 +353,15 @@ def verify(upstream=UPSTREAM, patches=None, pin=None):
             f"(next: {patches[done].name}); run 'make patch'"
         )
     print(f"upstream {pin[:12]} with {len(patches)} patches applied")
+
+
+def show_record(upstream=UPSTREAM, patches=None):
+    """Without git, setup's upstream step: the pin as the patch step recorded it, checked."""
+    record = recorded(upstream, patches)
+    print(
+        f"upstream at {record['pin'][:12]}, as the patch step recorded it in "
+        f"{record_name(upstream)} (not a git checkout)"
+    )
 
 
 def check(upstream=UPSTREAM, patches=None, pin=None):
@@ -358,6 +476,7 @@ def edit(upstream=UPSTREAM, patches=None, pin=None):
             )
             mails.append(str(mail))
         # the series leaves the index and work tree, to come back as commits
+        drop_record(upstream)
         git("reset", "-q", "--hard", pin, cwd=upstream)
         git("switch", "-q", "-c", EDIT_BRANCH, cwd=upstream)
         if mails:
@@ -436,6 +555,7 @@ def export(upstream=UPSTREAM, patch_dir=PATCH_DIR, base=None):
     git("reset", "-q", "--soft", base, cwd=upstream)
     git("checkout", "-q", "--detach", cwd=upstream)
     git("branch", "-q", "-D", EDIT_BRANCH, cwd=upstream)
+    write_record(upstream, base, series(patch_dir))
     for name in written:
         print(f"wrote {name}")
     for name in removed:
@@ -526,7 +646,8 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "action", choices=["apply", "revert", "verify", "check", "edit", "export", "rebase"]
+        "action",
+        choices=["apply", "revert", "verify", "recorded", "check", "edit", "export", "rebase"],
     )
     parser.add_argument(
         "--upstream", type=Path, default=UPSTREAM, help="upstream checkout (default: %(default)s)"
@@ -537,6 +658,7 @@ def main():
         "apply": apply,
         "revert": revert,
         "verify": verify,
+        "recorded": show_record,
         "check": check,
         "edit": edit,
         "export": export,

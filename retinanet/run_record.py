@@ -19,7 +19,17 @@ from pathlib import Path
 from retinanet import ANNOTATIONS, IMAGE_DIR, PROJECT_ROOT, UPSTREAM, run_summary
 from retinanet.download_model import cached_md5
 from retinanet.files import file_digest, write_json
-from retinanet.patch_series import PATCH_DIR, PatchError, applied_count, pinned_commit, series
+from retinanet.patch_series import (
+    PATCH_DIR,
+    PatchError,
+    applied_count,
+    git_checkout,
+    patch_digests,
+    pinned_commit,
+    record_name,
+    recorded,
+    series,
+)
 from retinanet.preflight import dataset_warnings
 from retinanet.ray_sut import WORKERS_FILE
 from retinanet.rules import DEMO_DATASET
@@ -105,7 +115,10 @@ def head_commit(repo):
 
 def project_state(root=PROJECT_ROOT):
     """The project's commit, and the files that differ from it (the submodule aside: its
-    state is upstream_state's)."""
+    state is upstream_state's). In a copy without git (a GPU machine's) there is no commit to
+    read, and GitPython need not be there."""
+    if not git_checkout(root):
+        return {"commit": None, "unknown": "not a git checkout", "dirty": None, "changed": []}
     import git
 
     try:
@@ -123,14 +136,21 @@ def project_state(root=PROJECT_ROOT):
 
 def upstream_state(upstream=UPSTREAM, patch_dir=PATCH_DIR):
     """Upstream's commit, the patches of the series with their hashes, and whether the
-    checkout is anything but the pinned commit with the whole series applied."""
+    checkout is anything but the pinned commit with the whole series applied. Without git,
+    the commit is the pin the patch step recorded there, once the record is checked."""
+    patches = series(patch_dir)
+    state = {"patches": patch_digests(patches)}
+    if not git_checkout():
+        try:
+            pin = recorded(upstream, patches)["pin"]
+            state.update(commit=pin, pinned=pin, patches_applied=len(patches), dirty=False)
+            state["recorded"] = f"{record_name(upstream)} (not a git checkout)"
+        except PatchError as error:
+            state.update(commit=None, dirty=True, problem=str(error))
+        return state
     import git
 
-    patches = series(patch_dir)
-    state = {
-        "commit": head_commit(git.Repo(upstream)),
-        "patches": [{"name": p.name, "sha256": file_digest(p, "sha256")} for p in patches],
-    }
+    state = {"commit": head_commit(git.Repo(upstream)), **state}
     try:
         state["pinned"] = pinned_commit()
         state["patches_applied"] = applied_count(upstream, state["pinned"], patches)

@@ -7,7 +7,8 @@ packages of requirements.txt it lacks to stdout, one `name==version` a line, for
 install. torch and torchvision are never on that list: the environment's own build stays.
 A package counts as present at any version, since replacing a container's numpy or pandas
 could break its torch; LoadGen is the exception, as the pinned upstream's checker needs its
-own version. Exits 1, with the reason, when torch or torchvision cannot be imported.
+own version. GitPython is not needed in a copy of the project without git (run records read
+no commits there). Exits 1, with the reason, when torch or torchvision cannot be imported.
 
 Standard library only: it runs before anything is installed.
 """
@@ -19,9 +20,11 @@ import sys
 from pathlib import Path
 
 from retinanet import PROJECT_ROOT
+from retinanet.patch_series import git_checkout
 
 REQUIREMENTS = PROJECT_ROOT / "requirements.txt"
 KEPT = {"torch", "torchvision"}  # the environment's own build, never installed by setup
+GIT_ONLY = {"gitpython"}  # run records read the commits with it, where there is a .git
 OPTIONAL_MARKER = "# -- optional with ENV_KIND=system"
 # Other distributions that install the same import package, any of which will do.
 EQUIVALENTS = {
@@ -67,6 +70,8 @@ def missing(include_optional=False, loadgen=None):
     have = installed_versions()
     lacking = []
     for name, version in requirements(include_optional):
+        if normalized(name) in GIT_ONLY and not git_checkout():
+            continue
         names = [name] + EQUIVALENTS.get(normalized(name), [])
         if not any(normalized(n) in have for n in names):
             lacking.append(f"{name}=={version}")

@@ -1,11 +1,14 @@
 """What tests share besides fixtures: paths, running `make` the way a user does, and reading
 processes and git state. Fixtures and hooks stay in conftest.py; tests import from here."""
 
+import importlib.metadata
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from retinanet import HARNESS, PROJECT_ROOT
@@ -15,6 +18,7 @@ DEMO_USER_CONF = PROJECT_ROOT / "conf" / "demo-user.conf"
 TESTS = Path(__file__).resolve().parent  # MODEL_FACTORY=misbehaving_models:... imports from here
 # Folders of real runs, trimmed to the files the code reads (tests/data/README.md)
 SAVED_RUNS = TESTS / "data" / "runs"
+SITE = Path(sysconfig.get_paths()["purelib"])
 
 
 def upstream_missing():
@@ -109,3 +113,53 @@ def run_into(folder, target, data, model, *settings, check=True, device="cpu", p
     )
     match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
     return proc, Path(match.group(1)) if match else None
+
+
+def container(root, without=()):
+    """A venv that sees this environment's packages except the distributions named."""
+    hidden = set()
+    for name in without:
+        dist = importlib.metadata.distribution(name)
+        hidden |= {Path(str(f)).parts[0] for f in dist.files if not str(f).startswith("..")}
+    farm = root / "packages"
+    farm.mkdir(parents=True)
+    for entry in SITE.iterdir():
+        if entry.name not in hidden and not entry.name.endswith(".pth"):
+            (farm / entry.name).symlink_to(entry)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(
+        subprocess.run(
+            [
+                venv / "bin" / "python",
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    (site / "container.pth").write_text(f"{farm}\n")
+    return venv, site
+
+
+def device_tree(dest, carry=()):
+    """The project as the device tool sends it to a GPU machine: tracked files and untracked
+    files git does not ignore, without .git, plus the carried paths as they are
+    (vendor/inference with its .git file, which points nowhere there)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = PROJECT_ROOT / name
+        if source.is_symlink() or source.is_file():  # the submodule's folder only if carried
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name, follow_symlinks=False)
+    for path in carry:
+        shutil.copytree(PROJECT_ROOT / path, dest / path, symlinks=True, dirs_exist_ok=True)
+    return dest

@@ -82,6 +82,7 @@ def test_edit_then_export_changes_no_byte(project):
     edit = make("patch-edit", cwd=project)
     assert f"branch 'patches', {N} commits on {PIN}, one per patch" in edit.stdout
     assert git(upstream, "status", "--porcelain", "--untracked-files=no") == ""
+    assert not (upstream / patch_series.SERIES_RECORD).exists()  # not the applied series now
     # one commit per patch, with the patch's author, date and subject
     log = git(upstream, "log", "--reverse", "--format=%ae|%aD|%s", f"{PIN}..HEAD").splitlines()
     for line, text in zip(log, before.values(), strict=True):
@@ -95,6 +96,7 @@ def test_edit_then_export_changes_no_byte(project):
     assert patch_files(project) == before
     assert git_state(upstream) == state  # detached at the pin, the series applied
     assert git(upstream, "branch", "--list", "patches") == ""
+    assert (upstream / patch_series.SERIES_RECORD).is_file()
     assert patch_series_in(project, "verify").stdout == f"upstream {PIN} with {N} patches applied\n"
     assert f"{N} patches: headers complete" in make("check-patches", cwd=project).stdout
 

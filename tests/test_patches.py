@@ -1,6 +1,7 @@
 """The patch series against the real pinned upstream: lint, apply, idempotence, half-applied
 series, local edits, and a patch that no longer applies."""
 
+import json
 import shutil
 import subprocess
 
@@ -68,6 +69,20 @@ def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
     assert first.stdout.count("applied 0") == N
     patched = git_state(upstream)
     assert patched != pristine
+    # the record a copy without git checks instead: out of git status, true to the tree
+    record = json.loads((upstream / patch_series.SERIES_RECORD).read_text())
+    assert "??" not in patched[0]
+    assert record["pin"] == patch_series.pinned_commit()
+    assert record["patches"] == patch_series.patch_digests(patch_series.series())
+    changed = subprocess.run(
+        ["git", "diff", "--name-only", record["pin"]],
+        cwd=upstream,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(record["files"]) == sorted(changed)
+    assert "vision/classification_and_detection/python/failfast.py" in record["files"]
 
     again = patch_series_in(project_copy, "apply")
     assert again.returncode == 0 and again.stdout == f"patch series already applied ({N} patches)\n"
@@ -76,6 +91,7 @@ def test_apply_is_idempotent_and_revert_restores_upstream(project_copy):
     reverted = patch_series_in(project_copy, "revert")
     assert reverted.returncode == 0 and reverted.stdout.count("reverted 0") == N
     assert git_state(upstream) == pristine
+    assert not (upstream / patch_series.SERIES_RECORD).exists()
 
 
 def test_half_applied_series_is_reported_then_finished(project_copy):

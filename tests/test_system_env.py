@@ -12,49 +12,19 @@ import importlib.metadata
 import os
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import container
 
 from retinanet import PROJECT_ROOT
 from retinanet.system_env import requirements
 
-SITE = Path(sysconfig.get_paths()["purelib"])
 pytestmark = pytest.mark.skipif(
     subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0,
     reason="unshare -n needs root: no network namespace for the offline setup",
 )
-
-
-def container(root, without=()):
-    """A venv that sees this environment's packages except the distributions named."""
-    hidden = set()
-    for name in without:
-        dist = importlib.metadata.distribution(name)
-        hidden |= {Path(str(f)).parts[0] for f in dist.files if not str(f).startswith("..")}
-    farm = root / "packages"
-    farm.mkdir(parents=True)
-    for entry in SITE.iterdir():
-        if entry.name not in hidden and not entry.name.endswith(".pth"):
-            (farm / entry.name).symlink_to(entry)
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(
-        subprocess.run(
-            [
-                venv / "bin" / "python",
-                "-c",
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
-    (site / "container.pth").write_text(f"{farm}\n")
-    return venv, site
 
 
 def wheel_of(name, folder):
