@@ -222,11 +222,11 @@ BENCH_DATA_DIR ?= $(DEMO_DIR)/data
 BENCH_MODEL ?= $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth
 ## make bench: images per run
 BENCH_COUNT ?= 8
-## make bench: the paths to measure, of: reference project native
-BENCH_PATHS ?= reference project native
+## make bench: the paths to measure, of: reference project compiled
+BENCH_PATHS ?= reference project compiled
 
 .PHONY: bench
-bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference path vs this project's defaults and the native model compiled: preprocessing, disk, RSS, samples/s, p90
+bench: setup $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth ## Reference path vs this project's defaults, and them compiled: preprocessing, disk, RSS, samples/s, p90
 	$(PYTHON) -m retinanet.bench --data-dir '$(BENCH_DATA_DIR)' --model '$(BENCH_MODEL)' \
 	  --count '$(BENCH_COUNT)' --device '$(DEVICE)' --results-dir '$(RESULTS_DIR)' --paths $(BENCH_PATHS)
 

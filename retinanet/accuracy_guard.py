@@ -111,7 +111,7 @@ def subset_map(truth, image_infos, detections):
 
 def guard(model, data_dir, images, settings, source=None, stall_timeout=0, reference_source=None):
     """reference_source: how the fp32 reference loads the model, where not as `source` does
-    (NNPACK=1: the native model without NNPACK)."""
+    (the native model: the archive as TorchScript)."""
     with tempfile.TemporaryDirectory() as cache_dir:
         ds = harness.openimages(data_dir, cache_dir, images)
         pixels = [ds.get_item(i)[0] for i in range(ds.get_item_count())]
@@ -148,8 +148,10 @@ def main():
         help="MODULE:FUNCTION that loads the archive's weights into an eager model (both runs)",
     )
     parser.add_argument(
-        "--reference-eager-model",
-        help="the fp32 reference's MODULE:FUNCTION, where it differs from --eager-model's",
+        "--reference-archive",
+        action="store_true",
+        help="the fp32 reference runs the TorchScript archive as it is, not --eager-model: "
+        "the native model checked against the archive's own code",
     )
     parser.add_argument(
         "--model-factory", help="MODULE:FUNCTION that builds the model a state dict loads into"
@@ -176,9 +178,7 @@ def main():
         "trust_pickle": args.trust_pickle,
         "eager_model": args.eager_model,
     }
-    reference_source = None
-    if args.reference_eager_model:
-        reference_source = dict(source, eager_model=args.reference_eager_model)
+    reference_source = dict(source, eager_model=None) if args.reference_archive else None
     try:
         report = guard(
             args.model,
@@ -202,8 +202,11 @@ def main():
         + ["compile"] * args.compile
         + ["nnpack"] * (args.eager_model == NATIVE_MODEL_NNPACK)
     )
+    if args.eager_model:
+        name = f"native {name}"
+    reference = "the TorchScript archive in fp32" if args.reference_archive else "fp32"
     print(
-        f"accuracy guard, {name} against fp32 on {report['images']} images: "
+        f"accuracy guard, {name} against {reference} on {report['images']} images: "
         f"{100 * report['agreement']:.1f}% of {report['reference_detections']} fp32 detections "
         f"reproduced (same label, IoU >= {MATCH_IOU}), mean |score difference| "
         f"{report['mean_abs_score_difference']:.4f}; mAP {report['map_setting']:.3f}% vs fp32 "

@@ -4,8 +4,9 @@ images, in one invocation.
   reference  upstream behaviour: every image preprocessed into a float32 .npy cache before
              LoadGen starts, fp32, batch 32, one worker thread per core
   project    what `make perf` does on this device: no cache, images preprocessed as LoadGen
-             loads them, and the device's precision, memory format, batch and threads
-  native     the same with MODEL_IMPL=native COMPILE=1: the archive's weights in the eager
+             loads them, and the device's model form, precision, memory format, batch and
+             threads (on a CPU in fp32: the native model with NNPACK)
+  compiled   the same with MODEL_IMPL=native COMPILE=1: the archive's weights in the eager
              model, its dense part torch.compiled (the warm-up takes the compilation)
 
 Each path makes an Offline and a SingleStream performance run through run_eval.sh (so
@@ -44,7 +45,7 @@ PATHS = {
         "IMAGE_CACHE": "none",
     },
 }
-PATHS["native"] = dict(PATHS["project"], FREEZE="0", MODEL_IMPL="native", COMPILE="1")
+PATHS["compiled"] = dict(PATHS["project"], FREEZE="0", MODEL_IMPL="native", COMPILE="1")
 
 
 def folder_bytes(path):
@@ -100,6 +101,7 @@ def bench_path(name, settings, common, cache_dir):
                 "threads",
                 "image_cache",
                 "model_impl",
+                "nnpack",
                 "compile",
                 "device",
             )

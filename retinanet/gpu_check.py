@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from retinanet import PROJECT_ROOT
+from retinanet import PROJECT_ROOT, preflight
 from retinanet.run_record import environment
+from retinanet.settings import resolve
 
 DEMO_MODEL = Path("models") / "random-weights" / "resnext50_32x4d_fpn.pth"
 
@@ -45,11 +46,19 @@ SWEEP = [  # the most telling rows first: the time budget skips from the end
     ("native fp16+cl 4 threads", {"MODEL_IMPL": "native", "PRECISION": "fp16", "THREADS": "4"}),
     ("native bf16+cl", {"MODEL_IMPL": "native", "PRECISION": "bf16"}),
     ("native fp16", {"MODEL_IMPL": "native", "PRECISION": "fp16", "CHANNELS_LAST": "0"}),
-    ("native fp32", {"MODEL_IMPL": "native", "PRECISION": "fp32", "CHANNELS_LAST": "0"}),
+    (
+        "native fp32",
+        {"MODEL_IMPL": "native", "PRECISION": "fp32", "CHANNELS_LAST": "0", "NNPACK": "0"},
+    ),
 ]
 # DEVICE=cpu: a few rows, to try the command where there is no GPU
-CPU_SWEEP = ["torchscript fp32", "native fp32", "native fp32+compile"]
-CPU_ROWS = {"native fp32+compile": {"MODEL_IMPL": "native", "PRECISION": "fp32", "COMPILE": "1"}}
+CPU_ROWS = {
+    "native fp32+nnpack": {"MODEL_IMPL": "native", "PRECISION": "fp32", "NNPACK": "1"},
+    "native fp32+nnpack+compile": {
+        "MODEL_IMPL": "native", "PRECISION": "fp32", "NNPACK": "1", "COMPILE": "1"
+    },
+}  # fmt: skip
+CPU_SWEEP = ["torchscript fp32", "native fp32", *CPU_ROWS]
 
 
 def user_conf(path, samples, server_qps=None):
@@ -147,28 +156,21 @@ def sweep(check, args, rows, data_dir, model):
             continue
         if base is None:
             base = row["samples_per_s"]
-        faster = settings.get("PRECISION", "fp32") != "fp32" or settings.get("COMPILE") == "1"
-        if faster and args.guard_images and check.left() > args.row_seconds:
+        # the guard make eval would run for this row's settings (none for plain fp32)
+        resolved, _ = resolve(
+            {
+                **settings,
+                "DEVICE": args.device,
+                "MODEL": str(model),
+                "DATA_DIR": str(data_dir),
+                "GUARD_IMAGES": str(args.guard_images),
+            }
+        )
+        guard_args = preflight.guard_args("accuracy", resolved, args.guard_images)
+        if guard_args and check.left() > args.row_seconds:
             guard = check.out / "sweep" / f"guard-{re.sub(r'[^a-z0-9]+', '-', name)}.json"
-            command = [
-                sys.executable,
-                "-m",
-                "retinanet.accuracy_guard",
-                "--model",
-                str(model),
-                "--data-dir",
-                str(data_dir),
-                "--images",
-                str(args.guard_images),
-                "--precision",
-                settings.get("PRECISION", "fp32"),
-                "--out",
-                str(guard),
-            ]
-            command += ["--channels-last"] * (settings.get("CHANNELS_LAST", "1") == "1")
-            command += ["--compile"] * (settings.get("COMPILE") == "1")
-            if settings.get("MODEL_IMPL") == "native":
-                command += ["--eager-model", "retinanet.native_model:from_archive"]
+            command = [sys.executable, "-m", "retinanet.accuracy_guard", *guard_args]
+            command += ["--out", str(guard)]
             ok, _ = check.step(f"guard {name}", command, env=device_env(args.device))
             if ok:
                 report = json.loads(guard.read_text())

@@ -262,6 +262,21 @@ def from_archive(path):
     return from_state_dict(archive.state_dict())
 
 
+def fits(path):
+    """Whether a file is a TorchScript archive holding this architecture's weights, every key
+    in its place and of its shape: what MODEL_IMPL=auto asks before it takes the native model."""
+    try:
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        model = NativeRetinaNet()
+        mapped = model_keys(state, model)
+    except (RuntimeError, ValueError, OSError):
+        return False
+    wanted = model.state_dict()
+    return mapped.keys() == wanted.keys() and all(
+        mapped[key].shape == value.shape for key, value in wanted.items()
+    )
+
+
 def from_archive_nnpack(path):
     """from_archive, with the FPN's and heads' 3x3 convolutions through NNPACK. The backbone's
     are grouped (ResNeXt) or strided 7x7, which NNPACK does not take or does slower."""

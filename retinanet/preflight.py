@@ -192,9 +192,8 @@ def guard_args(mode, resolved, images):
         resolved["FREEZE"] == "1"
     )
     args += ["--model-factory", resolved["MODEL_FACTORY"]] * bool(resolved["MODEL_FACTORY"])
-    if resolved["MODEL_IMPL"] == "native":  # fp32 runs the plain native model: no NNPACK
-        args += ["--eager-model", settings.eager_model(resolved)]
-        args += ["--reference-eager-model", settings.NATIVE_MODEL]
+    if resolved["MODEL_IMPL"] == "native":  # against the archive's own code, as TorchScript
+        args += ["--eager-model", settings.eager_model(resolved), "--reference-archive"]
     args += ["--compile"] * (resolved["COMPILE"] == "1")
     return args + ["--trust-pickle"] * (resolved["TRUST_MODEL"] == "1")
 

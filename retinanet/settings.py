@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,20 @@ def eager_model(resolved):
     return NATIVE_MODEL_NNPACK if resolved["NNPACK"] == "1" else NATIVE_MODEL
 
 
+def auto_model_impl(resolved):
+    """native where it was measured faster (fp32 on a CPU, with NNPACK: BENCHMARKS.md) and the
+    archive's weights fit it; torchscript elsewhere, and for what only TorchScript does."""
+    if resolved["MODEL_FACTORY"] or resolved["FREEZE"] == "1":
+        return "torchscript"
+    if (resolved["DEVICE"], resolved["PRECISION"]) != ("cpu", "fp32") or not has_nnpack():
+        return "torchscript"
+    if not (os.path.isfile(resolved["MODEL"]) and zipfile.is_zipfile(resolved["MODEL"])):
+        return "torchscript"  # no TorchScript archive: nothing to load its weights from
+    from retinanet import native_model
+
+    return "native" if native_model.fits(resolved["MODEL"]) else "torchscript"
+
+
 def has_nnpack():
     import torch
 
@@ -247,20 +262,6 @@ SETTINGS = [
         "package.module:function building the nn.Module that MODEL, a state dict, loads into",
         factory,
         flag="--model-factory",
-        affects_result=True,
-    ),
-    Setting(
-        "MODEL_IMPL",
-        "auto",
-        "torchscript: run the archive as it is; native: its weights in the project's eager "
-        "model of the same architecture (retinanet/native_model.py), which COMPILE=1 can "
-        "compile; auto: torchscript",
-        one_of("torchscript", "native"),
-        auto=always("torchscript"),
-        onnxruntime="torchscript",
-        harness=lambda resolved: (
-            ["--eager-model", eager_model(resolved)] * bool(eager_model(resolved))
-        ),
         affects_result=True,
     ),
     Setting(
@@ -331,6 +332,21 @@ SETTINGS = [
         ),
         onnxruntime="fp32",
         flag="--precision",
+        affects_result=True,
+    ),
+    Setting(
+        "MODEL_IMPL",
+        "auto",
+        "torchscript: run the archive as it is; native: its weights in the project's eager "
+        "model of the same architecture (retinanet/native_model.py), which NNPACK and COMPILE "
+        "speed up; auto: native in fp32 on a CPU when the archive's weights fit it, else "
+        "torchscript",
+        one_of("torchscript", "native"),
+        auto=auto_model_impl,
+        onnxruntime="torchscript",
+        harness=lambda resolved: (
+            ["--eager-model", eager_model(resolved)] * bool(eager_model(resolved))
+        ),
         affects_result=True,
     ),
     Setting(
@@ -503,6 +519,11 @@ def resolve(requested):
             resolved[setting.name] = value
     if problems:
         return resolved, problems
+    if not resolved["MODEL"]:
+        official = OFFICIAL_MODELS["onnx" if resolved["BACKEND"] == "onnxruntime" else "pytorch"][
+            "file"
+        ]
+        resolved["MODEL"] = os.path.join(resolved["MODEL_DIR"], official)
     for setting in SETTINGS:  # auto, in table order: DEVICE before what depends on it
         if resolved["BACKEND"] == "onnxruntime" and setting.onnxruntime is not None:
             if resolved[setting.name] not in ("", "auto", setting.onnxruntime):
@@ -517,11 +538,6 @@ def resolve(requested):
     if resolved["DEVICE"] == "cpu" and resolved["PRECISION"] == "fp16":
         problems.append("PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32")
     problems += model_impl_problems(resolved)
-    if not resolved["MODEL"]:
-        official = OFFICIAL_MODELS["onnx" if resolved["BACKEND"] == "onnxruntime" else "pytorch"][
-            "file"
-        ]
-        resolved["MODEL"] = os.path.join(resolved["MODEL_DIR"], official)
     if not resolved["USER_CONF"]:
         resolved["USER_CONF"] = str(HARNESS / "user.conf")
     return resolved, problems

@@ -86,6 +86,7 @@ def test_channels_last_and_freeze_give_the_plain_fp32_detections(run, demo):
         "eval",
         demo["data"],
         model,
+        "MODEL_IMPL=torchscript",  # auto: the native model here
         "PRECISION=fp32",
         "CHANNELS_LAST=0",
         "FREEZE=0",

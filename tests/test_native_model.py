@@ -156,14 +156,14 @@ def test_guard_arguments_carry_the_native_model_compile_and_nnpack():
     assert preflight.guard_args("accuracy", resolved, 8) == []
 
     # NNPACK: on by default for the native model in fp32 on a CPU, in NCHW; guarded against
-    # the native model without it
+    # the archive run as TorchScript
     resolved, problems = settings.resolve(native_cpu)
     assert problems == [] and (resolved["NNPACK"], resolved["CHANNELS_LAST"]) == ("1", "0")
     args = settings.harness_args(resolved)
     assert args[args.index("--eager-model") + 1] == NATIVE_MODEL_NNPACK
     args = preflight.guard_args("accuracy", resolved, 8)
     assert args[args.index("--eager-model") + 1] == NATIVE_MODEL_NNPACK
-    assert args[args.index("--reference-eager-model") + 1] == NATIVE_MODEL
+    assert "--reference-archive" in args
     for other in ({"PRECISION": "bf16"}, {"MODEL_IMPL": "torchscript"}):
         resolved, problems = settings.resolve({**native_cpu, **other})
         assert problems == [] and resolved["NNPACK"] == "0"
@@ -203,34 +203,56 @@ def test_nnpack_runs_the_fpn_and_head_convolutions(demo, first_image, torchscrip
     assert match["agreement"] >= 0.7 and match["mean_abs_score_difference"] < 1e-5
 
 
+@pytest.mark.timeout(300)
+def test_auto_takes_the_native_model_where_it_fits(demo, weightless):
+    """MODEL_IMPL=auto: native in fp32 on a CPU for an archive of this architecture;
+    TorchScript for any other archive, in another precision, or for what only it does."""
+    archive = {"MODEL": str(demo["models"]["random-weights"]), "DEVICE": "cpu"}
+    resolved, problems = settings.resolve({**archive, "PRECISION": "fp32"})
+    assert problems == [] and resolved["MODEL_IMPL"] == "native" and resolved["NNPACK"] == "1"
+    for other in (
+        {"MODEL": str(demo["models"]["oracle"])},  # TorchScript of another architecture
+        {"MODEL": str(weightless)},  # not TorchScript at all
+        {"PRECISION": "bf16"},
+        {"FREEZE": "1"},
+    ):
+        resolved, problems = settings.resolve({**archive, "PRECISION": "fp32", **other})
+        assert problems == [] and resolved["MODEL_IMPL"] == "torchscript", other
+        assert resolved["NNPACK"] == "0"
+
+
 def test_nnpack_by_default_through_the_harness_with_the_guard(run, demo):
-    """MODEL_IMPL=native in fp32 on a CPU takes NNPACK by itself; the accuracy guard compares
-    it with the native model without NNPACK."""
+    """The defaults in fp32 on a CPU: the native model with NNPACK, in NCHW; the accuracy
+    guard compares it with the archive run as TorchScript."""
     proc, run_dir = run(
         "eval",
         demo["data"],
         demo["models"]["random-weights"],
-        "MODEL_IMPL=native",
         "PRECISION=fp32",
         "CHECK_IMAGES=1",
         "GUARD_IMAGES=1",
         *ONE_IMAGE,
     )
     record = completed(run_dir)
+    assert record["settings"]["model_impl"] == "native"
     assert (record["settings"]["nnpack"], record["settings"]["channels_last"]) == ("1", "0")
     assert NATIVE_MODEL_NNPACK in record["command"]
     plausible(detections_in(run_dir)[0])
     guard = json.loads((run_dir / "guard.json").read_text())
     assert guard["reference_detections"] > 0
     assert guard["agreement"] >= 0.7 and guard["mean_abs_score_difference"] < 1e-5
-    assert "accuracy guard, fp32+nnpack against fp32 on 1 images" in proc.stdout
+    assert (
+        "accuracy guard, native fp32+nnpack against the TorchScript archive in fp32 on 1 images"
+        in proc.stdout
+    )
 
 
 @pytest.mark.timeout(900)
 def test_compile_through_the_harness_with_the_accuracy_guard(run, demo, torchscript_detections):
     """The one torch.compile test (a minute or more to compile on 2 cores, twice: the run and
-    the guard): the compiled native model in channels_last through make eval, its
-    detections those of the TorchScript but for near-ties, the guard's too."""
+    the guard): the compiled native model through make eval, with NNPACK's op inside the
+    compiled graph as on any CPU in fp32, its detections those of the TorchScript but for
+    near-ties, the guard's too."""
     proc, run_dir = run(
         "eval",
         demo["data"],
@@ -238,7 +260,6 @@ def test_compile_through_the_harness_with_the_accuracy_guard(run, demo, torchscr
         "MODEL_IMPL=native",
         "COMPILE=1",
         "PRECISION=fp32",
-        "CHANNELS_LAST=1",
         "CHECK_IMAGES=0",
         "GUARD_IMAGES=1",
         "STALL_TIMEOUT=600",
@@ -246,6 +267,7 @@ def test_compile_through_the_harness_with_the_accuracy_guard(run, demo, torchscr
     )
     record = completed(run_dir)
     assert record["settings"]["compile"] == "1" and "--compile" in record["command"]
+    assert record["settings"]["nnpack"] == "1"
     rows = detections_in(run_dir)[0]
     plausible(rows)
     # Compiled kernels (and channels_last alone) sum in another order: scores move by about
@@ -257,12 +279,15 @@ def test_compile_through_the_harness_with_the_accuracy_guard(run, demo, torchscr
     assert len(scores) == len(ts_scores)
     assert abs(np.sort(scores) - np.sort(ts_scores)).max() < SCORE_TOLERANCE * 10
     match = agreement(torchscript_detections, [xyxy_detections(rows)])
-    print(f"\nnative+compile+channels_last against TorchScript fp32, 1 image: {match}")
+    print(f"\nnative+compile+NNPACK against TorchScript fp32, 1 image: {match}")
     assert match["agreement"] >= 0.7 and match["mean_abs_score_difference"] < 1e-5
     guard = json.loads((run_dir / "guard.json").read_text())
     assert guard["setting"]["compile"] is True and guard["reference_detections"] > 0
     assert guard["agreement"] >= 0.7 and guard["mean_abs_score_difference"] < 1e-5
-    assert "accuracy guard, fp32+channels_last+compile against fp32 on 1 images" in proc.stdout
+    assert (
+        "accuracy guard, native fp32+compile+nnpack against the TorchScript archive in fp32 on "
+        "1 images" in proc.stdout
+    )
 
 
 def test_compile_warms_up_the_run_s_batch_shapes(run, demo, weightless, tmp_path):
