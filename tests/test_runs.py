@@ -86,6 +86,7 @@ def test_perturbed_oracle_matches_pycocotools_directly(run, demo):
 def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run, demo):
     # WARMUP=0: an accuracy run needs no warm-up, and it costs 5 inferences of seconds each here
     # PRECISION=fp32 on every CPU; bf16 runs in test_hardware_branches.py
+    # GUARD_IMAGES=0: the guard of this default (native, NNPACK) is test_native_model.py's
     proc, run_dir = accuracy_run(
         run,
         demo,
@@ -95,6 +96,7 @@ def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run,
         "THREADS=1",
         "WARMUP=0",
         "PRECISION=fp32",
+        "GUARD_IMAGES=0",
     )
     assert "--warmup 0" in proc.stdout and "INFO:main:warmup:" not in proc.stdout
     log = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
