@@ -6,6 +6,7 @@ the GPU where there is one. The CPU's own default branch runs in test_runs.py.""
 import json
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -97,26 +98,15 @@ def test_bf16_on_the_cpu_through_perf_with_its_outputs_logged(run, demo, tmp_pat
 
 def test_channels_last_and_freeze_give_the_plain_fp32_detections(run, demo):
     model = demo["models"]["random-weights"]
-    _, plain = run(
-        "eval",
-        demo["data"],
-        model,
-        "PRECISION=fp32",
-        "CHANNELS_LAST=0",
-        "FREEZE=0",
-        "CHECK_IMAGES=0",
-        *ONE_IMAGE,
-    )
-    _, fast = run(
-        "eval",
-        demo["data"],
-        model,
-        "PRECISION=fp32",
-        "CHANNELS_LAST=1",
-        "FREEZE=1",
-        "CHECK_IMAGES=0",
-        *ONE_IMAGE,
-    )
+
+    def fp32(channels_last, freeze):
+        settings = (f"CHANNELS_LAST={channels_last}", f"FREEZE={freeze}", "CHECK_IMAGES=0")
+        return run("eval", demo["data"], model, "PRECISION=fp32", *settings, *ONE_IMAGE)[1]
+
+    # both at once, on two cores: run_eval.sh gives each run a folder of its own
+    with ThreadPoolExecutor(2) as pool:
+        plain, fast = pool.submit(fp32, 0, 0), pool.submit(fp32, 1, 1)
+        plain, fast = plain.result(), fast.result()
     settings = completed(fast)["settings"]
     assert settings["channels_last"] == "1" and settings["freeze"] == "1"
     expected, found = detections_in(plain)[0], detections_in(fast)[0]
