@@ -4,14 +4,17 @@ channels_last and a frozen graph, half-precision outputs reaching LoadGen as flo
 the GPU where there is one. The CPU's own default branch runs in test_runs.py."""
 
 import json
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-from helpers import DEMO_USER_CONF, TESTS
+from helpers import DEMO_USER_CONF, PYTHON, TESTS
 from misbehaving_models import Bf16Detector
 
-from retinanet import harness
+from retinanet import HARNESS, harness
 from retinanet.accuracy_guard import agreement
 from retinanet.demo_models import save_torchscript
 from retinanet.settings import native_bf16
@@ -48,61 +51,64 @@ def plausible(rows):
     assert ((rows[:, 6] >= 0) & (rows[:, 6] < 264)).all()
 
 
-def test_bf16_on_the_cpu_through_eval_and_perf(run, demo):
+def test_bf16_on_the_cpu_through_perf_with_its_outputs_logged(run, demo, tmp_path):
+    """One bf16 + channels_last image through make perf: VALID, and LoadGen logs the response
+    it got, as in a TEST01 audit, so that one emulated image proves both that the run works
+    and that its outputs reach LoadGen and the accuracy tool as float32. The accuracy guard
+    in bf16 + channels_last runs in test_performance.py, on the oracle."""
     native = native_bf16()
     print(f"\nbf16 on this CPU is {'native' if native else 'emulated (slow): one image'}")
-    model = demo["models"]["random-weights"]
-    proc, run_dir = run(
-        "eval",
-        demo["data"],
-        model,
-        "PRECISION=bf16",
-        "CHANNELS_LAST=1",
-        "GUARD_IMAGES=1",
-        *ONE_IMAGE,
-    )
-    record = completed(run_dir)
-    assert record["settings"]["precision"] == "bf16" and record["settings"]["channels_last"] == "1"
-    plausible(detections_in(run_dir)[0])
-    guard = json.loads((run_dir / "guard.json").read_text())
-    assert guard["setting"]["precision"] == "bf16" and guard["reference_detections"] > 0
-    assert "accuracy guard, bf16+channels_last against fp32 on 1 images" in proc.stdout
+    conf = tmp_path / "logged.conf"  # log every response: 1000 of the 1 expected
+    conf.write_text(DEMO_USER_CONF.read_text() + "*.Offline.accuracy_log_sampling_target = 1000\n")
     proc, run_dir = run(
         "perf",
         demo["data"],
-        model,
+        demo["models"]["random-weights"],
         "PRECISION=bf16",
-        f"USER_CONF={DEMO_USER_CONF}",
+        "CHANNELS_LAST=1",
+        f"USER_CONF={conf}",
         "CHECK_IMAGES=0",
         *ONE_IMAGE,
     )
-    assert completed(run_dir)["settings"]["precision"] == "bf16"
+    settings = completed(run_dir)["settings"]
+    assert settings["precision"] == "bf16" and settings["channels_last"] == "1"
     assert "Result is : VALID" in proc.stdout
+    rows = detections_in(run_dir)
+    assert list(rows) == [0]
+    plausible(rows[0])
+    # upstream's accuracy tool reads them as it reads an accuracy run's
+    tool = subprocess.run(
+        [
+            PYTHON,
+            str(HARNESS / "tools" / "accuracy-openimages.py"),
+            "--mlperf-accuracy-file",
+            str(run_dir / "mlperf_log_accuracy.json"),
+            "--openimages-dir",
+            str(demo["data"]),
+            "--output-file",
+            str(tmp_path / "openimages-results.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert tool.returncode == 0 and re.search(r"^mAP=[0-9.]+%$", tool.stdout, re.M), (
+        tool.stdout[-2000:] + tool.stderr[-2000:]
+    )
 
 
 def test_channels_last_and_freeze_give_the_plain_fp32_detections(run, demo):
     model = demo["models"]["random-weights"]
-    _, plain = run(
-        "eval",
-        demo["data"],
-        model,
-        "MODEL_IMPL=torchscript",  # auto: the native model here
-        "PRECISION=fp32",
-        "CHANNELS_LAST=0",
-        "FREEZE=0",
-        "CHECK_IMAGES=0",
-        *ONE_IMAGE,
-    )
-    _, fast = run(
-        "eval",
-        demo["data"],
-        model,
-        "PRECISION=fp32",
-        "CHANNELS_LAST=1",
-        "FREEZE=1",
-        "CHECK_IMAGES=0",
-        *ONE_IMAGE,
-    )
+
+    def fp32(channels_last, freeze):
+        # MODEL_IMPL=torchscript: auto takes the native model (NNPACK) in fp32 on a CPU
+        settings = (f"CHANNELS_LAST={channels_last}", f"FREEZE={freeze}", "CHECK_IMAGES=0")
+        settings += ("MODEL_IMPL=torchscript",)
+        return run("eval", demo["data"], model, "PRECISION=fp32", *settings, *ONE_IMAGE)[1]
+
+    # both at once, on two cores: run_eval.sh gives each run a folder of its own
+    with ThreadPoolExecutor(2) as pool:
+        plain, fast = pool.submit(fp32, 0, 0), pool.submit(fp32, 1, 1)
+        plain, fast = plain.result(), fast.result()
     settings = completed(fast)["settings"]
     assert settings["channels_last"] == "1" and settings["freeze"] == "1"
     expected, found = detections_in(plain)[0], detections_in(fast)[0]

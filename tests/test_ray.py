@@ -328,13 +328,14 @@ def test_a_raise_in_a_worker_ends_the_run(demo, weightless, tmp_path):
 
 
 @needs_namespace
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(180)
 def test_dispatch_scaling(demo, weightless, tmp_path):
-    """A benchmark, printed: Offline samples/s of a model that sleeps 0.1 s per image, on 1, 2
-    and 4 workers, and the seconds Ray takes to start before LoadGen does (ray.init and the
-    workers ready). Asserts only that 2 workers beat 1."""
+    """The dispatch scales: Offline samples/s of a model that sleeps 0.1 s per image, on 1 and
+    2 workers, printed with the seconds Ray takes to start before LoadGen does (ray.init and
+    the workers ready). 2 workers must reach 1.5 times the rate of 1 (2 when nothing else
+    waits: the sleeper leaves the cores idle)."""
     rates, starts = {}, {}
-    for workers in (1, 2, 4):
+    for workers in (1, 2):
         proc, run_dir = ray_run(
             tmp_path,
             "perf",
@@ -344,15 +345,15 @@ def test_dispatch_scaling(demo, weightless, tmp_path):
             "CHECK_IMAGES=0",
             f"WORKERS={workers}",
             "INTRA_THREADS=1",  # every worker alike, whatever its share of the cores
-            conf(tmp_path, 48),
+            conf(tmp_path, 24),
             *SLEEPER,
         )
         rates[workers] = float(re.search(r"^Samples per second: ([0-9.]+)", proc.stdout, re.M)[1])
         starts[workers] = json.loads((run_dir / "run.json").read_text())["ray"]["start_seconds"]
     print(
-        "\ndispatch scaling, Offline, 48 samples of 0.1 s: "
+        "\ndispatch scaling, Offline, 24 samples of 0.1 s: "
         + ", ".join(f"{w} workers {rates[w]:.2f}/s" for w in rates)
-        + f"; ratios 2/1 {rates[2] / rates[1]:.2f}, 4/1 {rates[4] / rates[1]:.2f}; Ray's start "
+        + f"; ratio 2/1 {rates[2] / rates[1]:.2f}; Ray's start "
         + ", ".join(f"{w} workers {starts[w]:.1f} s" for w in starts)
     )
-    assert rates[2] > rates[1]
+    assert rates[2] >= 1.5 * rates[1], rates
