@@ -111,9 +111,9 @@ def size(path):
     return sum(os.lstat(Path(root) / f).st_size for root, _, files in os.walk(path) for f in files)
 
 
-def travelling(carry):
-    """Bytes of the tree the device tool sends (tracked and untracked-not-ignored files)
-    and of each carried path."""
+def sent_files():
+    """The files the device tool sends: tracked and untracked-not-ignored ones, relative to
+    the project (a submodule is a folder: it travels only if carried)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=PROJECT_ROOT,
@@ -121,11 +121,16 @@ def travelling(carry):
         text=True,
         check=True,
     ).stdout.split("\0")
-    tree = 0
-    for name in filter(None, listed):
-        path = PROJECT_ROOT / name
-        if path.is_symlink() or path.is_file():  # a submodule is a folder: carried, or not
-            tree += os.lstat(path).st_size
+    return [
+        Path(name)
+        for name in filter(None, listed)
+        if (PROJECT_ROOT / name).is_symlink() or (PROJECT_ROOT / name).is_file()
+    ]
+
+
+def travelling(carry):
+    """Bytes of the tree the device tool sends and of each carried path."""
+    tree = sum(os.lstat(PROJECT_ROOT / name).st_size for name in sent_files())
     return tree, {path: size(PROJECT_ROOT / path) for path in carry}
 
 

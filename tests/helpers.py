@@ -12,6 +12,7 @@ import sysconfig
 from pathlib import Path
 
 from retinanet import HARNESS, PROJECT_ROOT
+from retinanet.gpu_pack import sent_files
 
 PYTHON = sys.executable
 DEMO_USER_CONF = PROJECT_ROOT / "conf" / "demo-user.conf"
@@ -148,18 +149,9 @@ def device_tree(dest, carry=()):
     """The project as the device tool sends it to a GPU machine: tracked files and untracked
     files git does not ignore, without .git, plus the carried paths as they are
     (vendor/inference with its .git file, which points nowhere there)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = PROJECT_ROOT / name
-        if source.is_symlink() or source.is_file():  # the submodule's folder only if carried
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name, follow_symlinks=False)
+    for name in sent_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, dest / name, follow_symlinks=False)
     for path in carry:
         shutil.copytree(PROJECT_ROOT / path, dest / path, symlinks=True, dirs_exist_ok=True)
     return dest
