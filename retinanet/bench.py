@@ -2,7 +2,8 @@
 images, in one invocation.
 
   reference  upstream behaviour: every image preprocessed into a float32 .npy cache before
-             LoadGen starts, fp32, batch 32, one worker thread per core
+             LoadGen starts, the TorchScript archive in fp32, batch 32, one worker thread per
+             core
   project    what `make perf` does on this device: no cache, images preprocessed as LoadGen
              loads them, and the device's model form, precision, memory format, batch and
              threads (on a CPU in fp32: the native model with NNPACK)
@@ -29,6 +30,7 @@ from retinanet.settings import native_bf16
 
 PATHS = {
     "reference": {
+        "MODEL_IMPL": "torchscript",
         "PRECISION": "fp32",
         "CHANNELS_LAST": "0",
         "FREEZE": "0",
@@ -37,6 +39,9 @@ PATHS = {
         "IMAGE_CACHE": "float32",
     },
     "project": {
+        "MODEL_IMPL": "auto",
+        "NNPACK": "auto",
+        "COMPILE": "auto",
         "PRECISION": "auto",
         "CHANNELS_LAST": "auto",
         "FREEZE": "auto",

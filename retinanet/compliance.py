@@ -28,6 +28,7 @@ from pathlib import Path
 from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, rules
 from retinanet.files import write_json
 from retinanet.runs import RunError, find, resolve
+from retinanet.settings import rerun_words
 
 TEST = "TEST01"
 TEST_DIR = UPSTREAM / "compliance" / TEST
@@ -69,7 +70,8 @@ def run_test(perf):
     if words[:2] != ["make", "perf"]:
         raise ComplianceError(f"{perf.path}: its rerun is not a 'make perf' command: {words[:2]}")
     env = dict(os.environ, COMPLIANCE_TEST=TEST)
-    command = ["make", "-C", str(PROJECT_ROOT), "perf", f"PYTHON={sys.executable}", *words[2:]]
+    command = ["make", "-C", str(PROJECT_ROOT), "perf", f"PYTHON={sys.executable}"]
+    command += rerun_words(perf.record)
     print(f"compliance: {TEST} run: {shlex.join(command[4:])}", flush=True)
     folder = None
     with subprocess.Popen(

@@ -24,6 +24,7 @@ accuracy guard measures by how much.
 """
 
 import re
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -266,7 +267,9 @@ def fits(path):
     """Whether a file is a TorchScript archive holding this architecture's weights, every key
     in its place and of its shape: what MODEL_IMPL=auto asks before it takes the native model."""
     try:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch.jit.load's deprecation, before every run
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
         model = NativeRetinaNet()
         mapped = model_keys(state, model)
     except (RuntimeError, ValueError, OSError):

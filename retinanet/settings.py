@@ -159,6 +159,7 @@ class Setting:
     flag: str | None = None  # the harness's flag: "--x" followed by the value, or alone for 0/1
     harness: Callable | None = None  # resolved -> the harness's arguments, where not flag + value
     affects_result: bool = False  # a difference makes two runs' figures incomparable
+    before: str | None = None  # what runs recorded before it existed ran, where auto differs
 
     @property
     def key(self):
@@ -344,6 +345,7 @@ SETTINGS = [
         one_of("torchscript", "native"),
         auto=auto_model_impl,
         onnxruntime="torchscript",
+        before="torchscript",
         harness=lambda resolved: (
             ["--eager-model", eager_model(resolved)] * bool(eager_model(resolved))
         ),
@@ -358,6 +360,7 @@ SETTINGS = [
         one_of("0", "1"),
         auto=auto_nnpack,
         onnxruntime="0",
+        before="0",
         affects_result=True,
     ),
     Setting(
@@ -591,6 +594,15 @@ def harness_args(resolved):
 def record(resolved):
     """run.json's settings: every setting by its key."""
     return {setting.key: resolved[setting.name] for setting in SETTINGS}
+
+
+def rerun_words(record):
+    """The KEY=VALUE words that repeat a recorded run: its rerun's, and for each setting the
+    record predates, the value such runs ran with (not today's auto)."""
+    words = shlex.split(record["rerun"])[2:]
+    return words + [
+        f"{s.name}={s.before}" for s in SETTINGS if s.before and s.key not in record["settings"]
+    ]
 
 
 def rerun_command(mode, settings):

@@ -155,6 +155,7 @@ def test_accuracy_logs_are_byte_identical_to_the_unpatched_harness(
         "WARMUP=1",
         "THREADS=1",
         "PRECISION=fp32",
+        "MODEL_IMPL=torchscript",  # the unpatched tree predates the native model
         f"USER_CONF={psc}",
         f"PYTHONPATH={TESTS}",
     )

@@ -11,7 +11,7 @@ import torch
 from helpers import DEMO_USER_CONF, PYTHON, SAVED_RUNS
 
 from retinanet import HARNESS, PROJECT_ROOT, settings
-from retinanet.settings import SETTINGS, record, requested_from, rerun_command, resolve
+from retinanet.settings import SETTINGS, record, requested_from, rerun_command, rerun_words, resolve
 
 AUTO = {s.name for s in SETTINGS if s.auto}
 PATHS = {"DATA_DIR", "MODEL_DIR", "MODEL", "CACHE_DIR", "RESULTS_DIR"}
@@ -162,6 +162,11 @@ def test_saved_runs_rerun_what_they_recorded(run_dir):
     assert run["rerun"].startswith("make eval " if recorded["mode"] == "accuracy" else "make perf ")
     # a record made before a setting existed (WORKERS, MODEL_IMPL, COMPILE) lacks it: unset then
     assert again == {s.name: recorded[s.key] for s in SETTINGS if recorded.get(s.key)}
+    # ... and a rerun (make compliance's) runs what such runs ran, not today's auto: these
+    # records predate the native model, so TorchScript without NNPACK
+    predates = {s.name: s.before for s in SETTINGS if s.before and s.key not in recorded}
+    assert predates == {"MODEL_IMPL": "torchscript", "NNPACK": "0"}
+    assert rerun_settings(shlex.join(["make", "perf", *rerun_words(run)])) == again | predates
     for name, value in run["requested"].items():
         if value == "auto" and name != "STALL_TIMEOUT":
             assert again[name] not in ("", "auto"), f"{name}=auto is not in the rerun as resolved"
