@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import sys
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,15 +190,18 @@ def eager_model(resolved):
     return NATIVE_MODEL_NNPACK if resolved["NNPACK"] == "1" else NATIVE_MODEL
 
 
+def cpu_fp32(resolved):
+    """Where NNPACK runs, and where the native model was measured faster."""
+    return (resolved["DEVICE"], resolved["PRECISION"]) == ("cpu", "fp32")
+
+
 def auto_model_impl(resolved):
     """native where it was measured faster (fp32 on a CPU, with NNPACK: BENCHMARKS.md) and the
     archive's weights fit it; torchscript elsewhere, and for what only TorchScript does."""
     if resolved["MODEL_FACTORY"] or resolved["FREEZE"] == "1":
         return "torchscript"
-    if (resolved["DEVICE"], resolved["PRECISION"]) != ("cpu", "fp32") or not has_nnpack():
+    if not (cpu_fp32(resolved) and has_nnpack() and os.path.isfile(resolved["MODEL"])):
         return "torchscript"
-    if not (os.path.isfile(resolved["MODEL"]) and zipfile.is_zipfile(resolved["MODEL"])):
-        return "torchscript"  # no TorchScript archive: nothing to load its weights from
     from retinanet import native_model
 
     return "native" if native_model.fits(resolved["MODEL"]) else "torchscript"
@@ -213,10 +215,9 @@ def has_nnpack():
 
 def auto_nnpack(resolved):
     """NNPACK where it runs: the native model's fp32 convolutions on a CPU."""
-    fits = (resolved["MODEL_IMPL"], resolved["DEVICE"], resolved["PRECISION"]) == (
-        "native", "cpu", "fp32"
-    )  # fmt: skip
-    return "1" if fits and has_nnpack() else "0"
+    return (
+        "1" if resolved["MODEL_IMPL"] == "native" and cpu_fp32(resolved) and has_nnpack() else "0"
+    )
 
 
 def auto_device(resolved):
@@ -561,7 +562,7 @@ def model_impl_problems(resolved):
         )
     if resolved["NNPACK"] == "1" and not native:
         problems.append("NNPACK=1 is the native model's: MODEL_IMPL=native (or NNPACK=0)")
-    elif resolved["NNPACK"] == "1" and resolved["DEVICE"] + resolved["PRECISION"] != "cpufp32":
+    elif resolved["NNPACK"] == "1" and not cpu_fp32(resolved):
         problems.append(
             "NNPACK=1 runs fp32 convolutions on a CPU: DEVICE=cpu PRECISION=fp32 (or NNPACK=0)"
         )
