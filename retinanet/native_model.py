@@ -97,13 +97,20 @@ class NativeRetinaNet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
         # The anchors of the fixed input size, once: a buffer moves with the model
         self.per_level, anchors = fixed_anchors(self.anchor_generator, size)
+        self.per_place = self.anchor_generator.num_anchors_per_location()[0]
         self.register_buffer("anchors", anchors, persistent=False)
+        # the CPU fast form's (from_archive_nnpack), which give the archive's detections up
+        # to rounding and to the choice among equal scores
+        self.backbone_memory_format = torch.contiguous_format
+        self.fast_top_k = False
         self.dense_forward = self.dense
         self.cuda_graphs = False
 
     def dense(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits [N, HWA, classes] and box regression [N, HWA, 4] of size x size images."""
-        images = (images - self.mean) / self.std
+        images = ((images - self.mean) / self.std).contiguous(
+            memory_format=self.backbone_memory_format
+        )
         features = list(self.backbone(images).values())
         out = self.head(features)
         return out["cls_logits"], out["bbox_regression"]
@@ -117,16 +124,22 @@ class NativeRetinaNet(nn.Module):
         boxes, scores, labels = [], [], []
         start = 0
         for count in self.per_level:
-            level_scores = torch.sigmoid(logits[:, start : start + count]).flatten(1)
-            k = min(CANDIDATES_PER_LEVEL, level_scores.shape[1])
-            top_scores, top = level_scores.topk(k, dim=1)
+            level = logits[:, start : start + count]
+            if self.fast_top_k:
+                top_logits, top = top_candidates(level, self.per_place)
+                top_scores = torch.sigmoid(top_logits)  # monotonic: the same candidates
+            else:  # the archive's own order: equal scores are chosen among as it chooses
+                level_scores = torch.sigmoid(level).flatten(1)
+                top_scores, top = level_scores.topk(
+                    min(CANDIDATES_PER_LEVEL, level_scores.shape[1]), dim=1
+                )
             anchor_index = torch.div(top, num_classes, rounding_mode="floor")
             level_boxes = self.box_coder.decode_single(
                 regression[:, start : start + count]
                 .gather(1, anchor_index[..., None].expand(-1, -1, 4))
                 .reshape(-1, 4),
                 self.anchors[start : start + count][anchor_index.flatten()],
-            ).reshape(logits.shape[0], k, 4)
+            ).reshape(logits.shape[0], -1, 4)
             boxes.append(clip_boxes_to_image(level_boxes, (self.size, self.size)))
             scores.append(top_scores)
             labels.append(top % num_classes)
@@ -169,6 +182,19 @@ class NativeRetinaNet(nn.Module):
         )
         self.cuda_graphs = cuda
         return self
+
+
+def top_candidates(logits: Tensor, slices: int) -> tuple[Tensor, Tensor]:
+    """The CANDIDATES_PER_LEVEL largest logits of each image's level [N, HWA, classes], and
+    their places in the flattened level. One torch.topk over a row of 24 million (P3) took a
+    CPU 2.5x as long as a top-k of each of `slices` parts (which divide HWA) and then of
+    their winners: the same candidates."""
+    batch, count, classes = logits.shape
+    parts = logits.reshape(batch, slices, count // slices * classes)
+    part_top, part_place = parts.topk(min(CANDIDATES_PER_LEVEL, parts.shape[2]), dim=2)
+    offsets = torch.arange(slices, device=logits.device).view(1, slices, 1) * parts.shape[2]
+    top, winners = part_top.flatten(1).topk(min(CANDIDATES_PER_LEVEL, count * classes), dim=1)
+    return top, (part_place + offsets).flatten(1).gather(1, winners)
 
 
 @torch.library.custom_op("retinanet::nnpack_conv2d", mutates_args=())
@@ -280,12 +306,39 @@ def fits(path):
     )
 
 
+def fold_frozen_batch_norm(module):
+    """Every FrozenBatchNorm2d that follows a Conv2d (ResNet's order of registration) folded
+    into that convolution's weights and bias: one pass less over each feature map."""
+    names = list(module._modules)
+    for before, name in zip([None, *names], names):
+        child = module._modules[name]
+        conv = module._modules.get(before)
+        if isinstance(child, FrozenBatchNorm2d) and type(conv) is nn.Conv2d:
+            scale = child.weight * (child.running_var + child.eps).rsqrt()
+            shift = child.bias - child.running_mean * scale
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias)
+            module._modules[name] = nn.Identity()
+        elif not isinstance(child, FrozenBatchNorm2d):
+            fold_frozen_batch_norm(child)
+    return module
+
+
 def from_archive_nnpack(path):
-    """from_archive, with the FPN's and heads' 3x3 convolutions through NNPACK. The backbone's
-    are grouped (ResNeXt) or strided 7x7, which NNPACK does not take or does slower."""
+    """The CPU fp32 fast form of from_archive: the FPN's and heads' 3x3 convolutions through
+    NNPACK (the backbone's are grouped or strided 7x7, which NNPACK does not take or does
+    slower), the backbone's batch norms folded into its convolutions and the backbone in
+    channels_last (oneDNN's faster layout there; NNPACK takes NCHW), and the sliced top-k.
+    Each was measured faster on an AVX2 CPU (BENCHMARKS.md); the detections are the
+    archive's up to rounding and to the choice among equal scores."""
     if not torch._nnpack_available():  # also NNPACK's one-time initialisation
         raise RuntimeError("this torch has no NNPACK: run with NNPACK=0")
     model = from_archive(path)
+    with torch.no_grad():
+        fold_frozen_batch_norm(model.backbone.body)
     use_nnpack(model.backbone.fpn)
     use_nnpack(model.head)
+    model.backbone_memory_format = torch.channels_last
+    model.fast_top_k = True
     return model

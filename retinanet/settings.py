@@ -220,6 +220,42 @@ def auto_nnpack(resolved):
     )
 
 
+# what each more worker thread of the native model took at batch 1 (0.56 GB), with room
+WORKER_MEMORY = 2**30
+
+
+def nnpack_workers(resolved):
+    """Where workers of one intra-op thread each beat one worker of all cores: NNPACK's thread
+    pool serves a whole process, and two workers of one core each did 1.14x the samples/s of
+    one worker of two (BENCHMARKS.md); SingleStream has one query at a time, and Ray workers
+    share the cores out themselves."""
+    return (
+        resolved["NNPACK"] == "1"
+        and resolved["SCENARIO"] != "SingleStream"
+        and not (resolved["WORKERS"] or resolved["RAY_ADDRESS"])
+    )
+
+
+def auto_threads(resolved):
+    if resolved["DEVICE"] == "gpu":
+        return "2"
+    if not nnpack_workers(resolved):
+        return "1"
+    import torch
+
+    memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return str(max(1, min(torch.get_num_threads(), memory // WORKER_MEMORY)))
+
+
+def auto_intra_threads(resolved):
+    """torch's default (one per core) but for several NNPACK workers, which share the cores."""
+    if not (nnpack_workers(resolved) and int(resolved["THREADS"]) > 1):
+        return ""
+    import torch
+
+    return str(max(1, torch.get_num_threads() // int(resolved["THREADS"])))
+
+
 def auto_device(resolved):
     import torch
 
@@ -315,15 +351,6 @@ SETTINGS = [
         affects_result=True,
     ),
     Setting(
-        "THREADS",
-        "auto",
-        "harness worker threads; auto: 1 on a CPU, 2 on a GPU",
-        whole(1),
-        auto=per_device("1", "2"),
-        flag="--threads",
-        affects_result=True,
-    ),
-    Setting(
         "PRECISION",
         "auto",
         "fp32, bf16 or fp16, under autocast; auto: fp16 on a GPU, bf16 on a CPU "
@@ -397,10 +424,22 @@ SETTINGS = [
         affects_result=True,
     ),
     Setting(
-        "INTRA_THREADS",
-        "",
-        "torch intra-op threads (empty: torch's default, one per core)",
+        "THREADS",
+        "auto",
+        "harness worker threads; auto: 2 on a GPU; on a CPU 1, or with NNPACK=1 outside "
+        "SingleStream and Ray one per core (as memory allows, 1 GiB each)",
         whole(1),
+        auto=auto_threads,
+        flag="--threads",
+        affects_result=True,
+    ),
+    Setting(
+        "INTRA_THREADS",
+        "auto",
+        "torch intra-op threads (empty: torch's default, one per core); auto: with NNPACK=1 "
+        "the cores shared among THREADS workers, else torch's default",
+        whole(1),
+        auto=auto_intra_threads,
         flag="--intra-op-threads",
         affects_result=True,
     ),

@@ -187,6 +187,11 @@ def test_nnpack_runs_the_fpn_and_head_convolutions(demo, first_image, torchscrip
     assert len(nnpack) == 3 + 2 + 2 * 5
     assert all(m.kernel_size == (3, 3) for m in nnpack)
     assert not any(isinstance(m, native_model.NNPACKConv2d) for m in model.backbone.body.modules())
+    # the backbone's batch norms folded into its convolutions, the backbone in channels_last
+    body = list(model.backbone.body.modules())
+    assert not any(isinstance(m, native_model.FrozenBatchNorm2d) for m in body)
+    assert all(m.bias is not None for m in body if isinstance(m, torch.nn.Conv2d))
+    assert model.backbone_memory_format == torch.channels_last and model.fast_top_k
     with torch.inference_mode(), torch.profiler.profile() as profile:
         results = model(torch.as_tensor(first_image[0])[None])
     calls = {event.key: event.count for event in profile.key_averages()}
@@ -201,6 +206,20 @@ def test_nnpack_runs_the_fpn_and_head_convolutions(demo, first_image, torchscrip
     assert len(scores) == len(ts_scores)
     assert abs(np.sort(scores) - np.sort(ts_scores)).max() < SCORE_TOLERANCE * 10
     assert match["agreement"] >= 0.7 and match["mean_abs_score_difference"] < 1e-5
+
+
+@pytest.mark.timeout(60)
+def test_sliced_top_k_finds_the_top_k():
+    """The fast form's top-k, a top-k of each slice and then of their winners, gives
+    torch.topk's candidates: the same values and places where no two logits are equal."""
+    generator = torch.Generator().manual_seed(0)
+    for count, classes in ((90000, 264), (441, 264), (9, 20)):
+        logits = torch.randn(2, count, classes, generator=generator)
+        top, places = native_model.top_candidates(logits, 9)
+        expected, expected_places = logits.flatten(1).topk(
+            min(native_model.CANDIDATES_PER_LEVEL, count * classes), dim=1
+        )
+        assert torch.equal(top, expected) and torch.equal(places, expected_places), count
 
 
 @pytest.mark.timeout(300)
@@ -219,11 +238,33 @@ def test_auto_takes_the_native_model_where_it_fits(demo, weightless):
         resolved, problems = settings.resolve({**archive, "PRECISION": "fp32", **other})
         assert problems == [] and resolved["MODEL_IMPL"] == "torchscript", other
         assert resolved["NNPACK"] == "0"
+        assert (resolved["THREADS"], resolved["INTRA_THREADS"]) == ("1", ""), other
+
+
+@pytest.mark.timeout(300)
+def test_nnpack_workers_share_the_cores(demo):
+    """With NNPACK, one worker thread per core of one intra-op thread each, in the throughput
+    scenarios; one worker of all cores in SingleStream, and under Ray, which shares the cores
+    out itself."""
+    cores = torch.get_num_threads()
+    fast = {"MODEL": str(demo["models"]["random-weights"]), "DEVICE": "cpu", "PRECISION": "fp32"}
+    for scenario in ("Offline", "Server", "MultiStream"):
+        resolved, problems = settings.resolve({**fast, "SCENARIO": scenario})
+        assert problems == [] and resolved["NNPACK"] == "1"
+        assert resolved["THREADS"] == str(cores), scenario  # 24 GB: memory does not cap it
+        assert resolved["INTRA_THREADS"] == ("1" if cores > 1 else ""), scenario
+    for other in ({"SCENARIO": "SingleStream"}, {"WORKERS": "2"}, {"NNPACK": "0"}):
+        resolved, problems = settings.resolve({**fast, **other})
+        assert problems == [] and (resolved["THREADS"], resolved["INTRA_THREADS"]) == ("1", "")
+    resolved, problems = settings.resolve({**fast, "THREADS": "2", "INTRA_THREADS": ""})
+    assert problems == [] and resolved["INTRA_THREADS"] == str(max(1, cores // 2))
+    resolved, problems = settings.resolve({**fast, "INTRA_THREADS": "3"})
+    assert problems == [] and resolved["INTRA_THREADS"] == "3"
 
 
 def test_nnpack_by_default_through_the_harness_with_the_guard(run, demo):
-    """The defaults in fp32 on a CPU: the native model with NNPACK, in NCHW; the accuracy
-    guard compares it with the archive run as TorchScript."""
+    """The defaults in fp32 on a CPU: the native model with NNPACK, in NCHW, one worker thread
+    per core; the accuracy guard compares it with the archive run as TorchScript."""
     proc, run_dir = run(
         "eval",
         demo["data"],
@@ -231,13 +272,20 @@ def test_nnpack_by_default_through_the_harness_with_the_guard(run, demo):
         "PRECISION=fp32",
         "CHECK_IMAGES=1",
         "GUARD_IMAGES=1",
-        *ONE_IMAGE,
+        "COUNT=2",
+        "WARMUP=0",
     )
     record = completed(run_dir)
     assert record["settings"]["model_impl"] == "native"
     assert (record["settings"]["nnpack"], record["settings"]["channels_last"]) == ("1", "0")
+    cores = torch.get_num_threads()
+    assert record["settings"]["threads"] == str(cores)
+    assert record["settings"]["intra_threads"] == ("1" if cores > 1 else "")
     assert NATIVE_MODEL_NNPACK in record["command"]
-    plausible(detections_in(run_dir)[0])
+    logged = detections_in(run_dir)
+    assert sorted(logged) == [0, 1]
+    for rows in logged.values():
+        plausible(rows)
     guard = json.loads((run_dir / "guard.json").read_text())
     assert guard["reference_detections"] > 0
     assert guard["agreement"] >= 0.7 and guard["mean_abs_score_difference"] < 1e-5
