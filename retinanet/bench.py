@@ -104,6 +104,7 @@ def bench_path(name, settings, common, cache_dir):
                 "freeze",
                 "batch_size",
                 "threads",
+                "intra_threads",
                 "image_cache",
                 "model_impl",
                 "nnpack",

@@ -16,11 +16,12 @@ The forward is two parts: `dense` (normalise, backbone, FPN, heads: fixed shapes
 torch.compile and CUDA graphs take) and `detections` (data-dependent: thresholds, top-k,
 box decoding, NMS), which runs in fp32 whatever the autocast around it.
 
-NNPACK=1 (`from_archive_nnpack`) runs the 3x3 convolutions of the FPN and the heads, most
-of the model's work, through NNPACK, which ships inside torch's CPU builds: its Winograd
-kernels did them about 3x faster than oneDNN's on an AVX2 CPU in fp32 (BENCHMARKS.md).
-Winograd sums in another order, so detections differ from plain fp32 by rounding: the
-accuracy guard measures by how much.
+NNPACK=1 (`from_archive_nnpack`, the CPU fp32 fast form) runs the 3x3 convolutions of the
+FPN and the heads, most of the model's work, through NNPACK, which ships inside torch's CPU
+builds: its Winograd kernels did them about 3x faster than oneDNN's on an AVX2 CPU in fp32
+(BENCHMARKS.md). It also folds the backbone's batch norms, runs the backbone in
+channels_last and takes a sliced top-k. Detections differ from plain fp32 by rounding and
+by the choice among equal scores: the accuracy guard measures by how much.
 """
 
 import re
