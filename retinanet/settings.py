@@ -243,8 +243,17 @@ def auto_threads(resolved):
         return "1"
     import torch
 
-    memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return str(max(1, min(torch.get_num_threads(), memory // WORKER_MEMORY)))
+    return str(max(1, min(torch.get_num_threads(), available_memory() // WORKER_MEMORY)))
+
+
+def available_memory():
+    """Linux's MemAvailable: free memory and the page cache it would give back (free memory
+    alone shrinks as the page cache grows, whatever is running)."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        return int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M).group(1)) * 1024
+    except (OSError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def auto_intra_threads(resolved):
