@@ -222,7 +222,7 @@ BENCH_DATA_DIR ?= $(DEMO_DIR)/data
 BENCH_MODEL ?= $(DEMO_MODELS)/random-weights/resnext50_32x4d_fpn.pth
 ## make bench: images per run
 BENCH_COUNT ?= 8
-## make bench: the paths to measure, of: reference project compiled
+## make bench: the paths to measure, of: reference project compiled native
 BENCH_PATHS ?= reference project compiled
 
 .PHONY: bench

@@ -9,6 +9,9 @@ images, in one invocation.
              threads (on a CPU in fp32: the native model with NNPACK)
   compiled   the same with MODEL_IMPL=native COMPILE=1: the archive's weights in the eager
              model, its dense part torch.compiled (the warm-up takes the compilation)
+  native     the same with MODEL_IMPL=native, not compiled (not measured by default: it is the
+             project path wherever auto takes the native model; elsewhere, on a CPU with
+             native bf16, it tells whether auto should)
 
 Each path makes an Offline and a SingleStream performance run through run_eval.sh (so
 each has its run folder and run.json) and is measured for: preprocessing wall time, disk
@@ -51,6 +54,8 @@ PATHS = {
     },
 }
 PATHS["compiled"] = dict(PATHS["project"], FREEZE="0", MODEL_IMPL="native", COMPILE="1")
+PATHS["native"] = dict(PATHS["project"], FREEZE="0", MODEL_IMPL="native")
+DEFAULT_PATHS = ["reference", "project", "compiled"]
 
 
 def folder_bytes(path):
@@ -193,7 +198,7 @@ def main():
     parser.add_argument("--user-conf", default=str(PROJECT_ROOT / "conf" / "demo-user.conf"))
     parser.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
     parser.add_argument(
-        "--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="paths to measure"
+        "--paths", nargs="+", default=DEFAULT_PATHS, choices=list(PATHS), help="paths to measure"
     )
     args = parser.parse_args()
     if "reference" not in args.paths:
