@@ -297,6 +297,8 @@ def fits(path):
         with warnings.catch_warnings():  # torch.jit.load's deprecation, before every run
             warnings.simplefilter("ignore", FutureWarning)
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        if not any(key.endswith(ANCHOR_KEY) for key in state):
+            return False  # another architecture: not worth building this one (about 1 s)
         model = NativeRetinaNet()
         mapped = model_keys(state, model)
     except (RuntimeError, ValueError, OSError):
