@@ -159,6 +159,9 @@ class Setting:
     harness: Callable | None = None  # resolved -> the harness's arguments, where not flag + value
     affects_result: bool = False  # a difference makes two runs' figures incomparable
     before: str | None = None  # what runs recorded before it existed ran, where auto differs
+    # its auto reads settings below it (the model's form): resolved after all the others,
+    # without moving it in the table, whose order reruns keep
+    auto_last: bool = False
 
     @property
     def key(self):
@@ -257,12 +260,15 @@ def available_memory():
 
 
 def auto_intra_threads(resolved):
-    """torch's default (one per core) but for several NNPACK workers, which share the cores."""
-    if not (nnpack_workers(resolved) and int(resolved["THREADS"]) > 1):
+    """torch's default (one per core), written out so that a rerun elsewhere keeps it, but
+    for several NNPACK workers, which share the cores, and Ray's workers, which share them
+    out on each node themselves (empty)."""
+    if resolved["WORKERS"] or resolved["RAY_ADDRESS"]:
         return ""
     import torch
 
-    return str(max(1, torch.get_num_threads() // int(resolved["THREADS"])))
+    workers = int(resolved["THREADS"]) if nnpack_workers(resolved) else 1
+    return str(max(1, torch.get_num_threads() // workers))
 
 
 def auto_device(resolved):
@@ -360,6 +366,17 @@ SETTINGS = [
         affects_result=True,
     ),
     Setting(
+        "THREADS",
+        "auto",
+        "harness worker threads; auto: 2 on a GPU; on a CPU 1, or with NNPACK=1 outside "
+        "SingleStream and Ray one per core (as memory allows, 1 GiB each)",
+        whole(1),
+        auto=auto_threads,
+        auto_last=True,
+        flag="--threads",
+        affects_result=True,
+    ),
+    Setting(
         "PRECISION",
         "auto",
         "fp32, bf16 or fp16, under autocast; auto: fp16 on a GPU, bf16 on a CPU "
@@ -433,22 +450,14 @@ SETTINGS = [
         affects_result=True,
     ),
     Setting(
-        "THREADS",
-        "auto",
-        "harness worker threads; auto: 2 on a GPU; on a CPU 1, or with NNPACK=1 outside "
-        "SingleStream and Ray one per core (as memory allows, 1 GiB each)",
-        whole(1),
-        auto=auto_threads,
-        flag="--threads",
-        affects_result=True,
-    ),
-    Setting(
         "INTRA_THREADS",
         "auto",
-        "torch intra-op threads (empty: torch's default, one per core); auto: with NNPACK=1 "
-        "the cores shared among THREADS workers, else torch's default",
+        "torch intra-op threads per worker (empty: torch's default, one per core); auto: "
+        "torch's default, with NNPACK=1 shared among THREADS workers; with WORKERS, Ray's "
+        "workers share the cores out",
         whole(1),
         auto=auto_intra_threads,
+        auto_last=True,
         flag="--intra-op-threads",
         affects_result=True,
     ),
@@ -576,7 +585,8 @@ def resolve(requested):
             "file"
         ]
         resolved["MODEL"] = os.path.join(resolved["MODEL_DIR"], official)
-    for setting in SETTINGS:  # auto, in table order: DEVICE before what depends on it
+    # auto, in table order (DEVICE before what depends on it), auto_last ones last
+    for setting in sorted(SETTINGS, key=lambda s: s.auto_last):
         if resolved["BACKEND"] == "onnxruntime" and setting.onnxruntime is not None:
             if resolved[setting.name] not in ("", "auto", setting.onnxruntime):
                 problems.append(

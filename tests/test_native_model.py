@@ -238,24 +238,29 @@ def test_auto_takes_the_native_model_where_it_fits(demo, weightless):
         resolved, problems = settings.resolve({**archive, "PRECISION": "fp32", **other})
         assert problems == [] and resolved["MODEL_IMPL"] == "torchscript", other
         assert resolved["NNPACK"] == "0"
-        assert (resolved["THREADS"], resolved["INTRA_THREADS"]) == ("1", ""), other
+        cores = str(torch.get_num_threads())
+        assert (resolved["THREADS"], resolved["INTRA_THREADS"]) == ("1", cores), other
 
 
 @pytest.mark.timeout(300)
 def test_nnpack_workers_share_the_cores(demo):
     """With NNPACK, one worker thread per core of one intra-op thread each, in the throughput
     scenarios; one worker of all cores in SingleStream, and under Ray, which shares the cores
-    out itself."""
+    out itself (INTRA_THREADS empty)."""
     cores = torch.get_num_threads()
     fast = {"MODEL": str(demo["models"]["random-weights"]), "DEVICE": "cpu", "PRECISION": "fp32"}
     for scenario in ("Offline", "Server", "MultiStream"):
         resolved, problems = settings.resolve({**fast, "SCENARIO": scenario})
         assert problems == [] and resolved["NNPACK"] == "1"
         assert resolved["THREADS"] == str(cores), scenario  # 24 GB: memory does not cap it
-        assert resolved["INTRA_THREADS"] == ("1" if cores > 1 else ""), scenario
-    for other in ({"SCENARIO": "SingleStream"}, {"WORKERS": "2"}, {"NNPACK": "0"}):
+        assert resolved["INTRA_THREADS"] == "1", scenario
+    for other, intra in (
+        ({"SCENARIO": "SingleStream"}, str(cores)),
+        ({"NNPACK": "0"}, str(cores)),
+        ({"WORKERS": "2"}, ""),
+    ):
         resolved, problems = settings.resolve({**fast, **other})
-        assert problems == [] and (resolved["THREADS"], resolved["INTRA_THREADS"]) == ("1", "")
+        assert problems == [] and (resolved["THREADS"], resolved["INTRA_THREADS"]) == ("1", intra)
     resolved, problems = settings.resolve({**fast, "THREADS": "2", "INTRA_THREADS": ""})
     assert problems == [] and resolved["INTRA_THREADS"] == str(max(1, cores // 2))
     resolved, problems = settings.resolve({**fast, "INTRA_THREADS": "3"})
@@ -280,7 +285,7 @@ def test_nnpack_by_default_through_the_harness_with_the_guard(run, demo):
     assert (record["settings"]["nnpack"], record["settings"]["channels_last"]) == ("1", "0")
     cores = torch.get_num_threads()
     assert record["settings"]["threads"] == str(cores)
-    assert record["settings"]["intra_threads"] == ("1" if cores > 1 else "")
+    assert record["settings"]["intra_threads"] == "1"
     assert NATIVE_MODEL_NNPACK in record["command"]
     logged = detections_in(run_dir)
     assert sorted(logged) == [0, 1]
