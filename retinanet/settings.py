@@ -452,9 +452,9 @@ SETTINGS = [
     Setting(
         "INTRA_THREADS",
         "auto",
-        "torch intra-op threads per worker (empty: torch's default, one per core); auto: "
-        "torch's default, with NNPACK=1 shared among THREADS workers; with WORKERS, Ray's "
-        "workers share the cores out",
+        "torch intra-op threads per worker; auto: torch's default (one per core), with "
+        "NNPACK=1 the cores shared among THREADS workers; with WORKERS, Ray's workers share "
+        "the cores out",
         whole(1),
         auto=auto_intra_threads,
         auto_last=True,
