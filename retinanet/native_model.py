@@ -30,6 +30,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -102,16 +103,16 @@ class NativeRetinaNet(nn.Module):
         self.register_buffer("anchors", anchors, persistent=False)
         # the CPU fast form's (from_archive_nnpack), which give the archive's detections up
         # to rounding and to the choice among equal scores
-        self.backbone_memory_format = torch.contiguous_format
+        self.backbone_memory_format = None
         self.fast_top_k = False
         self.dense_forward = self.dense
         self.cuda_graphs = False
 
     def dense(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits [N, HWA, classes] and box regression [N, HWA, 4] of size x size images."""
-        images = ((images - self.mean) / self.std).contiguous(
-            memory_format=self.backbone_memory_format
-        )
+        images = (images - self.mean) / self.std
+        if self.backbone_memory_format is not None:  # else as given (CHANNELS_LAST)
+            images = images.contiguous(memory_format=self.backbone_memory_format)
         features = list(self.backbone(images).values())
         out = self.head(features)
         return out["cls_logits"], out["bbox_regression"]
@@ -317,11 +318,10 @@ def fold_frozen_batch_norm(module):
         child = module._modules[name]
         conv = module._modules.get(before)
         if isinstance(child, FrozenBatchNorm2d) and type(conv) is nn.Conv2d:
-            scale = child.weight * (child.running_var + child.eps).rsqrt()
-            shift = child.bias - child.running_mean * scale
-            bias = shift if conv.bias is None else conv.bias * scale + shift
-            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter(bias)
+            conv.weight, conv.bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, child.running_mean, child.running_var, child.eps,
+                child.weight, child.bias,
+            )  # fmt: skip
             module._modules[name] = nn.Identity()
         elif not isinstance(child, FrozenBatchNorm2d):
             fold_frozen_batch_norm(child)

@@ -227,6 +227,11 @@ def auto_nnpack(resolved):
 WORKER_MEMORY = 2**30
 
 
+def ray_workers(resolved):
+    """The model runs in Ray's workers (main.py's --runner), which share each node's cores."""
+    return bool(resolved["WORKERS"] or resolved["RAY_ADDRESS"])
+
+
 def nnpack_workers(resolved):
     """Where workers of one intra-op thread each beat one worker of all cores: NNPACK's thread
     pool serves a whole process, and two workers of one core each did 1.14x the samples/s of
@@ -235,7 +240,7 @@ def nnpack_workers(resolved):
     return (
         resolved["NNPACK"] == "1"
         and resolved["SCENARIO"] != "SingleStream"
-        and not (resolved["WORKERS"] or resolved["RAY_ADDRESS"])
+        and not ray_workers(resolved)
     )
 
 
@@ -263,7 +268,7 @@ def auto_intra_threads(resolved):
     """torch's default (one per core), written out so that a rerun elsewhere keeps it, but
     for several NNPACK workers, which share the cores, and Ray's workers, which share them
     out on each node themselves (empty)."""
-    if resolved["WORKERS"] or resolved["RAY_ADDRESS"]:
+    if ray_workers(resolved):
         return ""
     import torch
 
@@ -645,7 +650,7 @@ def harness_args(resolved):
             args += [setting.flag] if value == "1" else []
         else:
             args += [setting.flag, value]
-    if resolved["WORKERS"] or resolved["RAY_ADDRESS"]:
+    if ray_workers(resolved):
         args += ["--runner", RAY_RUNNER]
     return args + shlex.split(resolved["HARNESS_ARGS"])
 
