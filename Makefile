@@ -13,8 +13,8 @@ PYTHON ?= $(if $(filter conda system,$(ENV_KIND)),python3,.venv/bin/python)
 # The run settings: each a make variable with its default, from the one table of them,
 # retinanet/settings.py, which also gives their docs (make help), checks their values and
 # turns them into the harness's flags. RUN_ENV hands them all to run_eval.sh.
-RUN_SETTINGS := $(shell python3 -m retinanet.settings makefile)
-$(if $(RUN_SETTINGS),,$(error python3 -m retinanet.settings failed: make needs Python 3))
+RUN_SETTINGS := $(shell python3 -m retinanet.settings_outputs makefile)
+$(if $(RUN_SETTINGS),,$(error python3 -m retinanet.settings_outputs failed: make needs Python 3))
 $(foreach setting,$(RUN_SETTINGS),$(eval $(subst =, ?= ,$(setting))))
 quote = '$(subst ','\'',$(1))'
 RUN_ENV = PYTHON=$(call quote,$(PYTHON)) ENV_KIND=$(call quote,$(ENV_KIND)) \
@@ -292,4 +292,4 @@ help: ## Show this help
 	  /^[a-zA-Z_-]+:.*## / { printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2 } \
 	  { doc = "" }' $(MAKEFILE_LIST)
 	@printf "\n\033[1m%s\033[0m\n" "Run settings (make eval, perf, demo; retinanet/settings.py)"
-	@python3 -m retinanet.settings help
+	@python3 -m retinanet.settings_outputs help

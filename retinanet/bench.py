@@ -28,8 +28,7 @@ import sys
 from pathlib import Path
 
 from retinanet import PROJECT_ROOT
-from retinanet.run_record import CPU_FLAGS, cpu_flags, cpu_model
-from retinanet.settings import native_bf16
+from retinanet.machine import CPU_FLAGS, cpu_flags, cpu_model, native_bf16
 
 PATHS = {
     "reference": {

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, patch_series, settings
+from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, patch_series, settings_auto, settings_outputs
 from retinanet.bench import machine, machine_line, summary_value
 
 # the patches whose effect is measured, by topic: the unpatched tree has the series before them
@@ -96,7 +96,7 @@ def user_conf(path, samples):
 
 
 def harness_run(harness, model, data_dir, scenario, batch, threads, conf, out):
-    resolved, problems = settings.resolve(
+    resolved, problems = settings_auto.resolve(
         {
             "DATA_DIR": str(data_dir),
             "MODEL": str(model),
@@ -113,7 +113,7 @@ def harness_run(harness, model, data_dir, scenario, batch, threads, conf, out):
         }
     )
     assert not problems, problems
-    args = settings.harness_args(resolved) + ["--user_conf", str(conf)]
+    args = settings_outputs.harness_args(resolved) + ["--user_conf", str(conf)]
     out.mkdir(parents=True)
     env = dict(
         os.environ,

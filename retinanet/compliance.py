@@ -25,10 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, rules
+from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, rules, run_folder
 from retinanet.files import write_json
 from retinanet.runs import RunError, find, resolve
-from retinanet.settings import rerun_words
+from retinanet.settings_outputs import rerun_words
 
 TEST = "TEST01"
 TEST_DIR = UPSTREAM / "compliance" / TEST
@@ -79,8 +79,7 @@ def run_test(perf):
     ) as process:
         for line in process.stdout:
             print(line, end="", flush=True)
-            match = re.match(r"^run folder: (.+)$", line.rstrip("\n"))
-            folder = Path(match.group(1)) if match else folder
+            folder = run_folder.from_output(line) or folder
     if process.returncode != 0 or folder is None:
         raise ComplianceError(f"the {TEST} run failed (make perf exited {process.returncode})")
     return folder
@@ -113,8 +112,7 @@ def accuracy_tool(log, data_dir, out):
             text=True,
         )
     Path(out).write_text(proc.stdout + proc.stderr)
-    found = re.findall(r"^mAP=([0-9.]+)%$", proc.stdout, re.M)
-    return float(found[-1]) if found else None
+    return run_folder.printed_map(proc.stdout)
 
 
 def fallback(accuracy_log, test_log, data_dir, out_dir):
@@ -178,8 +176,8 @@ def verify(test_dir, perf, accuracy):
     outcome = {"test": TEST, "of": perf.name, "accuracy_run": accuracy.name, **checks(proc.stdout)}
     if not outcome["accuracy"]:
         outcome["fallback"] = fallback(
-            accuracy.path / "mlperf_log_accuracy.json",
-            test_dir / "mlperf_log_accuracy.json",
+            accuracy.path / run_folder.LOADGEN_ACCURACY,
+            test_dir / run_folder.LOADGEN_ACCURACY,
             perf.settings["data_dir"],
             test_dir / TEST / "accuracy",
         )
@@ -210,14 +208,14 @@ def lines(outcome):
 
 def record(test_dir, outcome):
     """The outcome into the TEST01 run's run.json, summary.json and result.txt."""
-    for name in ("run.json", "summary.json"):
+    for name in (run_folder.RECORD, run_folder.SUMMARY):
         path = test_dir / name
         data = json.loads(path.read_text())
         data["compliance"] = outcome
-        if name == "run.json":
+        if name == run_folder.RECORD:
             data["rerun"] = f"make compliance RUN={outcome['of']}"
         write_json(path, data)
-    with (test_dir / "result.txt").open("a") as out:
+    with (test_dir / run_folder.RESULT).open("a") as out:
         out.write("\n".join(lines(outcome)) + "\n")
 
 
@@ -242,7 +240,7 @@ def main():
     except (RunError, ComplianceError) as error:
         sys.exit(f"compliance: error: {error}")
     print("\n".join(lines(outcome)))
-    print(f"run folder: {test_dir}")
+    print(run_folder.line(test_dir))
     return 0 if outcome["passed"] else 1
 
 

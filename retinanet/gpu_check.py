@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from retinanet import PROJECT_ROOT, preflight
-from retinanet.run_record import environment
-from retinanet.settings import resolve
+from retinanet import PROJECT_ROOT, settings_outputs
+from retinanet.machine import environment
+from retinanet.settings_auto import resolve
 
 DEMO_MODEL = Path("models") / "random-weights" / "resnext50_32x4d_fpn.pth"
 
@@ -166,7 +166,7 @@ def sweep(check, args, rows, data_dir, model):
                 "GUARD_IMAGES": str(args.guard_images),
             }
         )
-        guard_args = preflight.guard_args("accuracy", resolved, args.guard_images)
+        guard_args = settings_outputs.guard_args("accuracy", resolved, args.guard_images)
         if guard_args and check.left() > args.row_seconds:
             guard = check.out / "sweep" / f"guard-{re.sub(r'[^a-z0-9]+', '-', name)}.json"
             command = [sys.executable, "-m", "retinanet.accuracy_guard", *guard_args]

@@ -1,4 +1,5 @@
 """Read what LoadGen wrote in a run folder: mlperf_log_detail.txt and mlperf_log_summary.txt.
+The run folder's part for LoadGen (run_folder.py): nothing else parses LoadGen's text.
 
 The detail log (one `:::MLLOG {json}` line per entry) gives the numbers, typed; the summary
 gives LoadGen's own words for every reason a result is INVALID and for early stopping. The
@@ -14,8 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-DETAIL = "mlperf_log_detail.txt"
-SUMMARY = "mlperf_log_summary.txt"
+from retinanet.run_folder import LOADGEN_DETAIL, LOADGEN_SUMMARY, LogError
+
 MLLOG = ":::MLLOG "
 # The version whose logs the parser is tested on; others are parsed but flagged.
 TESTED_VERSION = "5.1.1"
@@ -27,13 +28,9 @@ ENDED = re.compile(r"^(No|\d+) (warnings?|errors?|ERRORS?) encountered")
 NOT_A_NUMBER = re.compile(r'("value": )-?(nan|inf)\b')
 
 
-class LogError(Exception):
-    pass
-
-
 def read_detail(run_dir):
     """Entries of the detail log as dicts (key, value, metadata), in order."""
-    path = Path(run_dir) / DETAIL
+    path = Path(run_dir) / LOADGEN_DETAIL
     if not path.is_file():
         raise LogError(f"{path} not found: LoadGen did not start in this run (see harness.log)")
     text = path.read_text(errors="replace")
@@ -69,7 +66,7 @@ def read_detail(run_dir):
 
 
 def read_summary(run_dir):
-    path = Path(run_dir) / SUMMARY
+    path = Path(run_dir) / LOADGEN_SUMMARY
     if not path.is_file():
         raise LogError(f"{path} not found: LoadGen did not finish this run (see harness.log)")
     lines = path.read_text(errors="replace").splitlines()
@@ -117,25 +114,24 @@ def power_time(value):
     return datetime.datetime.strptime(value, "%m-%d-%Y %H:%M:%S.%f")
 
 
-def parse(run_dir):
-    """The LoadGen result of a run folder as a dict; raises LogError."""
-    run_dir = Path(run_dir)
-    entries = read_detail(run_dir)
-    summary_lines = read_summary(run_dir)
-    detail_path = run_dir / DETAIL
-
-    values, messages = {}, []
+def messages_of(entries):
+    """LoadGen's errors and warnings, as the detail log flags them."""
+    found = []
     for entry in entries:
-        values[entry["key"]] = entry["value"]
         meta = entry.get("metadata") or {}
         if meta.get("is_error") or meta.get("is_warning"):
-            messages.append(
+            found.append(
                 {
                     "kind": "error" if meta.get("is_error") else "warning",
                     "key": entry["key"],
                     "text": str(entry["value"]),
                 }
             )
+    return found
+
+
+def check_ended(values, detail_path):
+    """The detail log of a test that ended: raises LogError for one cut short."""
     for key in ("effective_scenario", "effective_test_mode"):
         if key not in values:
             raise LogError(
@@ -146,24 +142,25 @@ def parse(run_dir):
             f"{detail_path} is truncated: no power_end entry, so the test never ended "
             "(the run was interrupted or the file was cut)"
         )
-    scenario, mode = values["effective_scenario"], values["effective_test_mode"]
-    performance = mode == "PerformanceOnly"
-    if performance and "num_errors" not in values:
+    if values["effective_test_mode"] == "PerformanceOnly" and "num_errors" not in values:
         raise LogError(
             f"{detail_path} is truncated: the performance results end early (no num_errors entry)"
         )
 
+
+def common_result(values, messages):
+    """What every run's result holds, accuracy or performance."""
     version = str(values["loadgen_version"]).split(" @ ")[0]
+    duration = None
+    if "power_begin" in values:
+        seconds = power_time(values["power_end"]) - power_time(values["power_begin"])
+        duration = round(seconds.total_seconds(), 3)
     result = {
         "loadgen_version": values["loadgen_version"],
         "test_datetime": values.get("test_datetime"),
-        "scenario": scenario,
-        "mode": mode,
-        "duration_s": round(
-            (power_time(values["power_end"]) - power_time(values["power_begin"])).total_seconds(), 3
-        )
-        if "power_begin" in values
-        else None,
+        "scenario": values["effective_scenario"],
+        "mode": values["effective_test_mode"],
+        "duration_s": duration,
         "samples_in_dataset": values.get("qsl_reported_total_count"),
         "scheduled": {
             "queries": values.get("generated_query_count"),
@@ -185,8 +182,11 @@ def parse(run_dir):
         result["parser_notes"].append(
             f"LoadGen {version}: this parser is tested on {TESTED_VERSION} logs; check the figures"
         )
+    return result
 
-    summary_values, blocks = summary_blocks(summary_lines)
+
+def check_counts(run_dir, summary_lines, result):
+    """The summary's warning and error counts must be the detail log's."""
     counted = {"warnings": 0, "errors": 0}
     for line in summary_lines[-4:]:
         match = ENDED.match(line)
@@ -196,18 +196,18 @@ def parse(run_dir):
     for kind in ("warnings", "errors"):
         if counted[kind] != result[kind]:
             raise LogError(
-                f"{run_dir / SUMMARY} counts {counted[kind]} {kind}, {DETAIL} has "
+                f"{run_dir / LOADGEN_SUMMARY} counts {counted[kind]} {kind}, {LOADGEN_DETAIL} has "
                 f"{result[kind]}: the two logs are not from the same run"
             )
-    if not performance:
-        result["result"] = None  # LoadGen judges only performance runs; accuracy is the mAP
-        return result
 
-    validity = values.get("result_validity")
-    if summary_values.get("Result is") != validity:
+
+def validity(run_dir, values, summary_values, blocks):
+    """VALID or INVALID, the constraints LoadGen checked, and its reasons in its own words."""
+    valid = values.get("result_validity")
+    if summary_values.get("Result is") != valid:
         raise LogError(
-            f"{run_dir / SUMMARY} says 'Result is : {summary_values.get('Result is')}', "
-            f"{DETAIL} says {validity}: the two logs are not from the same run"
+            f"{run_dir / LOADGEN_SUMMARY} says 'Result is : {summary_values.get('Result is')}', "
+            f"{LOADGEN_DETAIL} says {valid}: the two logs are not from the same run"
         )
     constraints = {
         "min_duration": values.get("result_min_duration_met"),
@@ -219,20 +219,22 @@ def parse(run_dir):
     reasons = list(blocks["Recommendations"])
     if constraints["early_stopping"] is False:
         reasons.append("Early stopping not satisfied: " + " ".join(blocks["Early Stopping Result"]))
-    if validity == "INVALID" and not reasons:
+    if valid == "INVALID" and not reasons:
         reasons.append(values.get("result_invalid_reason", "").strip() or "LoadGen gave no reason")
+    return valid, constraints, reasons
 
-    throughput = {}
-    for key, name in [
-        ("result_samples_per_second", "samples_per_second"),
-        ("result_completed_samples_per_sec", "completed_samples_per_second"),
-        ("result_scheduled_samples_per_sec", "scheduled_samples_per_second"),
-        ("result_qps_with_loadgen_overhead", "qps_with_loadgen_overhead"),
-        ("result_qps_without_loadgen_overhead", "qps_without_loadgen_overhead"),
-    ]:
-        if key in values:
-            throughput[name] = values[key]
 
+THROUGHPUT_KEYS = {
+    "result_samples_per_second": "samples_per_second",
+    "result_completed_samples_per_sec": "completed_samples_per_second",
+    "result_scheduled_samples_per_sec": "scheduled_samples_per_second",
+    "result_qps_with_loadgen_overhead": "qps_with_loadgen_overhead",
+    "result_qps_without_loadgen_overhead": "qps_without_loadgen_overhead",
+}
+
+
+def latencies(values):
+    """Per-sample latencies, and per-query ones where LoadGen logs them (MultiStream)."""
     latency = {
         "min": values.get("result_min_latency_ns"),
         "max": values.get("result_max_latency_ns"),
@@ -247,49 +249,86 @@ def parse(run_dir):
             "mean": values.get("result_mean_query_latency_ns"),
             **query_latency,
         }
+    return latency, query_latency or None
 
-    # The figure MLPerf reports for the scenario, as the summary's headline prints it.
+
+def headline(scenario, values, throughput, latency, query_latency):
+    """The figure MLPerf reports for the scenario, as the summary's headline prints it."""
     if scenario == "Offline":
-        metric = {
+        return {
             "name": "samples per second",
             "value": throughput.get("samples_per_second"),
             "unit": "samples/s",
         }
-    elif scenario == "Server":
-        metric = {
+    if scenario == "Server":
+        return {
             "name": "completed samples per second",
             "value": throughput.get("completed_samples_per_second"),
             "unit": "samples/s",
         }
-    else:
-        percentile = format(100 * values.get("effective_target_latency_percentile", 0.9), "g")
-        source = query_latency if scenario == "MultiStream" else latency
-        metric = {
-            "name": f"p{percentile} latency" + (" per query" if query_latency else ""),
-            "value": source.get(f"p{percentile}"),
-            "unit": "ns",
-        }
+    percentile = format(100 * values.get("effective_target_latency_percentile", 0.9), "g")
+    source = (query_latency or {}) if scenario == "MultiStream" else latency
+    return {
+        "name": f"p{percentile} latency" + (" per query" if query_latency else ""),
+        "value": source.get(f"p{percentile}"),
+        "unit": "ns",
+    }
 
-    result.update(
-        {
-            "result": validity,
-            "constraints": constraints,
-            "reasons": reasons,
-            "metric": metric,
-            "throughput": throughput,
-            "latency_ns": latency,
-            "query_latency_ns": query_latency or None,
-            "queries": values.get("result_query_count"),
-            "overlatency_queries": values.get("result_overlatency_query_count"),
-            "early_stopping": {
-                "met": constraints["early_stopping"],
-                "lines": blocks["Early Stopping Result"],
-                "latency_ss_ns": values.get("early_stopping_latency_ss"),
-                "latency_ms_ns": values.get("early_stopping_latency_ms"),
-            },
-        }
-    )
+
+def performance_result(run_dir, values, summary_lines):
+    """What a performance run measured, and whether LoadGen calls it VALID."""
+    summary_values, blocks = summary_blocks(summary_lines)
+    valid, constraints, reasons = validity(run_dir, values, summary_values, blocks)
+    throughput = {name: values[key] for key, name in THROUGHPUT_KEYS.items() if key in values}
+    latency, query_latency = latencies(values)
+    return {
+        "result": valid,
+        "constraints": constraints,
+        "reasons": reasons,
+        "metric": headline(
+            values["effective_scenario"], values, throughput, latency, query_latency
+        ),
+        "throughput": throughput,
+        "latency_ns": latency,
+        "query_latency_ns": query_latency,
+        "queries": values.get("result_query_count"),
+        "overlatency_queries": values.get("result_overlatency_query_count"),
+        "early_stopping": {
+            "met": constraints["early_stopping"],
+            "lines": blocks["Early Stopping Result"],
+            "latency_ss_ns": values.get("early_stopping_latency_ss"),
+            "latency_ms_ns": values.get("early_stopping_latency_ms"),
+        },
+    }
+
+
+def parse(run_dir):
+    """The LoadGen result of a run folder as a dict; raises LogError."""
+    run_dir = Path(run_dir)
+    entries = read_detail(run_dir)
+    summary_lines = read_summary(run_dir)
+    values = {entry["key"]: entry["value"] for entry in entries}
+    check_ended(values, run_dir / LOADGEN_DETAIL)
+    result = common_result(values, messages_of(entries))
+    check_counts(run_dir, summary_lines, result)
+    if result["mode"] != "PerformanceOnly":
+        result["result"] = None  # LoadGen judges only performance runs; accuracy is the mAP
+        return result
+    result.update(performance_result(run_dir, values, summary_lines))
     return result
+
+
+# The summary's lines a performance run ends its output with (result.txt)
+HEADLINE = re.compile(
+    r"^(Scenario|Mode|Result is|Samples per second|Completed samples per second|Scheduled "
+    r"samples per second|[0-9.]+ percentile latency|Mean latency|  (Min duration|Min queries|"
+    r"Early stopping) satisfied|Early Stopping Result)"
+)
+
+
+def headline_lines(run_dir):
+    """LoadGen's own lines for the result, from its summary; raises LogError."""
+    return [line for line in read_summary(run_dir) if HEADLINE.match(line)]
 
 
 def main():

@@ -335,16 +335,15 @@ def revert(upstream=UPSTREAM, patches=None, pin=None):
         print(f"reverted {patch.name}")
 
 
-def verify(upstream=UPSTREAM, patches=None, pin=None):
-    """Raise unless the checkout holds exactly the whole series."""
+def whole_series(upstream=UPSTREAM, patches=None, pin=None):
+    """Raise unless the checkout holds exactly the whole series; the line that says it does."""
     patches = series() if patches is None else patches
     if pin is None and not git_checkout():
         record = recorded(upstream, patches)
-        print(
+        return (
             f"upstream {record['pin'][:12]} with {len(patches)} patches applied "
             "(recorded; not a git checkout)"
         )
-        return
     pin = pin or pinned_commit()
     done = applied_count(upstream, pin, patches)
     if done != len(patches):
@@ -352,7 +351,11 @@ def verify(upstream=UPSTREAM, patches=None, pin=None):
             f"{upstream} holds {done} of the {len(patches)} patches "
             f"(next: {patches[done].name}); run 'make patch'"
         )
-    print(f"upstream {pin[:12]} with {len(patches)} patches applied")
+    return f"upstream {pin[:12]} with {len(patches)} patches applied"
+
+
+def verify(upstream=UPSTREAM, patches=None, pin=None):
+    print(whole_series(upstream, patches, pin))
 
 
 def show_record(upstream=UPSTREAM, patches=None):

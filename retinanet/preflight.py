@@ -1,31 +1,25 @@
 """Check a run's settings and inputs before the harness starts, and before any run folder
 exists, and say what to do when one is wrong.
 
-Reads the settings from the environment (retinanet/settings.py validates and resolves
-them), checks the dataset, the model file and the GPU, then the model itself
-(model_check.py: safe to load, output contract kept), and prints shell assignments for
-run_eval.sh: every setting as resolved, the image count, the cache folder, the harness's
-and the accuracy guard's arguments, and run.json's settings. Exits with one line per
-problem. Warns (on stderr, without failing) when the model is not the official file of
-its format, the dataset differs from its manifest, COUNT exceeds the dataset, or a setting
-keeps the run from meeting the v5.1 run rules (rules.py; not for the demo's user.conf).
-
-    python -m retinanet.preflight accuracy|performance
+check() reads the settings from the environment (settings_auto.py validates and resolves
+them) and checks the dataset, the model file and the GPU; model_contract() then checks the
+model itself (model_check.py: safe to load, output contract kept). Each problem is one line.
+Warns, without failing, when the model is not the official file of its format, the dataset
+differs from its manifest, COUNT exceeds the dataset, or a setting keeps the run from
+meeting the v5.1 run rules (rules.py; not for the demo's user.conf). run.py calls them.
 """
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import shlex
-import sys
 import warnings
 import zipfile
 from pathlib import Path
 
-from retinanet import ANNOTATIONS, IMAGE_DIR, OFFICIAL_MODELS, settings
+from retinanet import ANNOTATIONS, IMAGE_DIR, OFFICIAL_MODELS, settings, settings_auto
 from retinanet.download_model import cached_md5
+from retinanet.settings_outputs import stall_seconds
 from retinanet.verify_dataset import MANIFEST
 
 
@@ -157,45 +151,9 @@ def cache_key(data_dir):
     return digest.hexdigest()[:16]
 
 
-def stall_seconds(resolved):
-    return (
-        "0" if resolved["STALL_TIMEOUT"] == "auto" else resolved["STALL_TIMEOUT"]
-    )  # 0: derived as it runs
-
-
-def device_environment(device):
-    """What the harness's backends read: a cpu run hides the GPUs; USE_GPU=yes makes an
-    onnxruntime gpu run fail rather than use the CPU (patch 0020)."""
-    return {"CUDA_VISIBLE_DEVICES": "", "USE_GPU": "no"} if device == "cpu" else {"USE_GPU": "yes"}
-
-
-def guard_args(mode, resolved, images):
-    """The accuracy guard's arguments; none where it does not run.
-
-    It does not run in plain fp32, in performance mode, or with GUARD_IMAGES=0."""
-    faster = "1" in (resolved["COMPILE"], resolved["NNPACK"]) or resolved["PRECISION"] != "fp32"
-    if mode != "accuracy" or not faster or resolved["GUARD_IMAGES"] == "0":
-        return []
-    args = [
-        "--model",
-        resolved["MODEL"],
-        "--data-dir",
-        resolved["DATA_DIR"],
-        "--precision",
-        resolved["PRECISION"],
-        "--images",
-        str(min(int(resolved["GUARD_IMAGES"]), images)),
-        "--stall-timeout",
-        stall_seconds(resolved),
-    ]
-    args += ["--channels-last"] * (resolved["CHANNELS_LAST"] == "1") + ["--freeze"] * (
-        resolved["FREEZE"] == "1"
-    )
-    args += ["--model-factory", resolved["MODEL_FACTORY"]] * bool(resolved["MODEL_FACTORY"])
-    if resolved["MODEL_IMPL"] == "native":  # against the archive's own code, as TorchScript
-        args += ["--eager-model", settings.eager_model(resolved), "--reference-archive"]
-    args += ["--compile"] * (resolved["COMPILE"] == "1")
-    return args + ["--trust-pickle"] * (resolved["TRUST_MODEL"] == "1")
+def cache_folder(resolved):
+    """The preprocessed images' folder of this dataset under CACHE_DIR."""
+    return os.path.join(resolved["CACHE_DIR"], cache_key(resolved["DATA_DIR"]))
 
 
 def check(environ):
@@ -203,7 +161,7 @@ def check(environ):
 
     Raises SystemExit with every problem found."""
     requested = settings.requested_from(environ)
-    resolved, problems = settings.resolve(requested)
+    resolved, problems = settings_auto.resolve(requested)
     images = 0
     if not problems:
         problems, images = dataset_problems(resolved["DATA_DIR"], int(resolved["COUNT"] or 0))
@@ -235,10 +193,10 @@ def rules_warnings(mode, resolved, images):
 
 
 def model_contract(resolved, images):
-    """Safe to load, and the output contract kept (model_check.py): its one line, or SystemExit."""
+    """Safe to load, and the output contract kept (model_check.py): its one line, or SystemExit
+    with one line (a model that stalls ends the process: failfast.py)."""
     from retinanet import model_check
 
-    os.environ.update(device_environment(resolved["DEVICE"]))
     logging.disable(logging.INFO)  # the harness's dataset logs each load
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation
     try:
@@ -254,43 +212,3 @@ def model_contract(resolved, images):
         )
     except model_check.ModelProblem as problem:
         raise SystemExit(model_check.error_line(resolved["MODEL"], problem)) from None
-
-
-def shell_assignments(mode, resolved, requested, images):
-    """For run_eval.sh to eval: every setting, the image count, the cache folder, the device's
-    environment, the harness's and the accuracy guard's arguments, and run.json's settings."""
-    cache = os.path.join(resolved["CACHE_DIR"], cache_key(resolved["DATA_DIR"]))
-    record = {"mode": mode, **settings.record(resolved), "images": str(images), "cache": cache}
-    lines = [f"{name}={shlex.quote(value)}" for name, value in resolved.items()]
-    lines += [
-        f"export {name}={shlex.quote(value)}"
-        for name, value in device_environment(resolved["DEVICE"]).items()
-    ]
-    lines += [
-        f"IMAGES={images}",
-        f"CACHE={shlex.quote(cache)}",
-        f"harness_args=({shlex.join(settings.harness_args(resolved) + ['--cache_dir', cache])})",
-        f"guard_args=({shlex.join(guard_args(mode, resolved, images))})",
-        f"SETTINGS_JSON={shlex.quote(json.dumps({'settings': record, 'requested': requested}))}",
-    ]
-    return "\n".join(lines)
-
-
-def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("mode", choices=["accuracy", "performance"])
-    args = parser.parse_args()
-    resolved, requested, images, found = check(os.environ)
-    found += rules_warnings(args.mode, resolved, images)
-    for warning in found:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(model_contract(resolved, images), file=sys.stderr)
-    print(shell_assignments(args.mode, resolved, requested, images), flush=True)
-    sys.stderr.flush()
-    os._exit(0)  # all is said: skip the second torch's interpreter teardown takes, before every run
-
-
-if __name__ == "__main__":
-    main()

@@ -27,8 +27,8 @@ from importlib import metadata
 import numpy as np
 
 from retinanet import HARNESS, PROJECT_ROOT
+from retinanet.run_folder import WORKERS
 
-WORKERS_FILE = "workers.json"
 DEPTH = 2  # batches in flight per worker: one running, one waiting, so that none idles
 VERSIONS = ("torch", "torchvision", "mlcommons-loadgen", "numpy")
 START_TIMEOUT = 600.0  # seconds for a worker to load its model and warm up
@@ -405,7 +405,7 @@ class RayRunner:
         keep = ("worker", "node", "node_id", "address", "host", "pid", "device", "data_dir")
         keep += ("versions",)
         write_json(
-            os.path.join(os.path.abspath(self.args.output), WORKERS_FILE),
+            os.path.join(os.path.abspath(self.args.output), WORKERS),
             {
                 "ray_address": self.args.ray_address,
                 "start_seconds": self.start_seconds and round(self.start_seconds, 2),

@@ -14,12 +14,11 @@ says so, first, so that nobody takes it for a result.
 
 import functools
 import importlib.util
-import json
 import logging
 import sys
 from pathlib import Path
 
-from retinanet import OFFICIAL_MODELS, PROJECT_ROOT, UPSTREAM
+from retinanet import OFFICIAL_MODELS, PROJECT_ROOT, UPSTREAM, run_folder
 from retinanet.loadgen_log import LogError, read_detail
 
 VERSION = "v5.1"
@@ -285,11 +284,10 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: python -m retinanet.rules RUN_DIR")
     run_dir = Path(sys.argv[1])
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = run_folder.read_json(run_dir, run_folder.SUMMARY) or {}
     result = summary.get("rules")
     if result is None:
-        record = json.loads((run_dir / "run.json").read_text())
+        record = run_folder.read_json(run_dir, run_folder.RECORD) or {}
         try:
             result = verdict(run_dir, record, summary.get("accuracy"))
         except LogError as error:

@@ -1,22 +1,24 @@
 """Write run.json in a run folder: how the run was made, and how it ended.
 
-    run_record.py start RUN_DIR [--pid PID] --settings JSON [--compliance TEST01] -- COMMAND...
-    run_record.py finish RUN_DIR --status completed|failed [--reason TEXT]
+    start(run_dir, settings, command, ...)   as the harness starts
+    finish(run_dir, status, reason)          as the run ends; also writes summary.json
 
-`finish` also writes summary.json (run_summary.py). A completed run whose logs cannot be
-read is recorded as failed, with the reason, and `finish` exits 1.
+A completed run whose logs cannot be read is recorded as failed, with the reason.
 """
 
-import argparse
 import datetime
-import importlib.metadata
 import json
-import os
-import platform
-import sys
 from pathlib import Path
 
-from retinanet import ANNOTATIONS, IMAGE_DIR, PROJECT_ROOT, UPSTREAM, run_summary
+from retinanet import (
+    ANNOTATIONS,
+    IMAGE_DIR,
+    PROJECT_ROOT,
+    UPSTREAM,
+    machine,
+    run_folder,
+    run_summary,
+)
 from retinanet.download_model import cached_md5
 from retinanet.files import file_digest, write_json
 from retinanet.patch_series import (
@@ -31,79 +33,13 @@ from retinanet.patch_series import (
     series,
 )
 from retinanet.preflight import dataset_warnings
-from retinanet.ray_sut import WORKERS_FILE
 from retinanet.rules import DEMO_DATASET
-from retinanet.settings import rerun_command
+from retinanet.settings_outputs import rerun_command
 from retinanet.verify_dataset import MANIFEST
-
-RECORD = "run.json"
 
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def package_versions():
-    versions = {"python": platform.python_version()}
-    for name in [
-        "torch",
-        "torchvision",
-        "mlcommons-loadgen",
-        "numpy",
-        "pandas",
-        "pycocotools",
-        "opencv-python-headless",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "ray",
-    ]:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def environment():
-    """The kind of Python environment the run used (make's ENV_KIND: venv, conda, or system,
-    a container's Python as it is), and which Python that was."""
-    kind = os.environ.get("ENV_KIND")
-    if not kind:  # run_eval.sh called without make
-        kind = "venv" if Path(sys.prefix).resolve() == (PROJECT_ROOT / ".venv").resolve() else None
-    return {"kind": kind, "python": sys.executable, "prefix": sys.prefix}
-
-
-def accelerator():
-    import torch
-
-    info = {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "gpus": []}
-    if torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return info
-
-
-def cpuinfo(field):
-    """The first value of a /proc/cpuinfo field, or None."""
-    for line in (
-        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    ):
-        if line.split(":", 1)[0].strip() == field:
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def cpu_model():
-    return cpuinfo("model name") or platform.processor()
-
-
-# what decides the CPU's fast paths: AVX2 only, AVX-512, native bf16 (AVX512-BF16, AMX)
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags():
-    """Those of CPU_FLAGS this CPU has."""
-    present = set((cpuinfo("flags") or "").split())
-    return [flag for flag in CPU_FLAGS if flag in present]
 
 
 def head_commit(repo):
@@ -134,10 +70,11 @@ def project_state(root=PROJECT_ROOT):
     return {"commit": head_commit(repo), "dirty": bool(changed), "changed": changed[:50]}
 
 
-def upstream_state(upstream=UPSTREAM, patch_dir=PATCH_DIR):
+def upstream_state(upstream=UPSTREAM, patch_dir=PATCH_DIR, applied=None):
     """Upstream's commit, the patches of the series with their hashes, and whether the
     checkout is anything but the pinned commit with the whole series applied. Without git,
-    the commit is the pin the patch step recorded there, once the record is checked."""
+    the commit is the pin the patch step recorded there, once the record is checked.
+    applied: the patches this process has just found applied, not counted again."""
     patches = series(patch_dir)
     state = {"patches": patch_digests(patches)}
     if not git_checkout():
@@ -153,7 +90,9 @@ def upstream_state(upstream=UPSTREAM, patch_dir=PATCH_DIR):
     state = {"commit": head_commit(git.Repo(upstream)), **state}
     try:
         state["pinned"] = pinned_commit()
-        state["patches_applied"] = applied_count(upstream, state["pinned"], patches)
+        state["patches_applied"] = (
+            applied_count(upstream, state["pinned"], patches) if applied is None else applied
+        )
         state["dirty"] = state["patches_applied"] != len(patches)
     except PatchError as error:
         state.update(dirty=True, problem=str(error))
@@ -196,9 +135,10 @@ def manifest_facts(data_dir):
     }
 
 
-def start(run_dir, settings, command, pid=None, requested=None, compliance=None):
+def start(run_dir, settings, command, pid, requested, compliance=None, applied=None):
     """settings: every setting as resolved (settings.record), with the mode, images and cache
-    folder; requested: as given; compliance: the compliance test this run is (TEST01)."""
+    folder; pid: the run's process; requested: as given; compliance: the compliance test this
+    run is (TEST01); applied: the patches found applied before the run."""
     record = {
         "status": "running",
         "started": now(),
@@ -206,19 +146,12 @@ def start(run_dir, settings, command, pid=None, requested=None, compliance=None)
         "rerun": rerun_command(settings["mode"], settings),
         "command": command,
         "settings": settings,
-        "requested": requested or {},
+        "requested": requested,
         "project": project_state(),
-        "upstream": upstream_state(),
-        "environment": environment(),
-        "versions": package_versions(),
-        "host": {
-            "name": platform.node(),
-            "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpu_flags": cpu_flags(),
-            "cpus": os.cpu_count(),
-            **accelerator(),
-        },
+        "upstream": upstream_state(applied=applied),
+        "environment": machine.environment(),
+        "versions": machine.versions(),
+        "host": machine.host(),
     }
     if compliance:
         record["compliance"] = {"test": compliance}
@@ -232,16 +165,15 @@ def start(run_dir, settings, command, pid=None, requested=None, compliance=None)
         record["model"] = file_facts(settings["model"])
     if settings.get("data_dir"):
         record["dataset"] = dataset_facts(settings["data_dir"], settings.get("images"))
-    write_json(Path(run_dir) / RECORD, record)
+    write_json(Path(run_dir) / run_folder.RECORD, record)
 
 
 def workers(run_dir):
     """The Ray workers of a WORKERS or RAY_ADDRESS run (ray_sut.py's workers.json): each one's
     node, device, pid and versions, and the workers lost; None for a run in one process."""
-    path = Path(run_dir) / WORKERS_FILE
-    if not path.is_file():
+    found = run_folder.workers(run_dir)
+    if not found:
         return None
-    found = json.loads(path.read_text())
     keep = ("worker", "node", "node_id", "address", "host", "device", "pid", "data_dir")
     keep += ("versions", "lost")
     return {
@@ -257,8 +189,7 @@ def workers(run_dir):
 def finish(run_dir, status, reason=None):
     """Record how the run ended, and write its summary.json. Returns the error that turned a
     completed run into a failed one, if any."""
-    path = Path(run_dir) / RECORD
-    record = json.loads(path.read_text()) if path.exists() else {}
+    record = run_folder.read_json(run_dir, run_folder.RECORD) or {}
     record.update(workers(run_dir) or {})
     error = None
     try:
@@ -270,48 +201,5 @@ def finish(run_dir, status, reason=None):
     record.update(status=status, finished=now())
     if reason:
         record["reason"] = reason
-    write_json(Path(run_dir) / RECORD, record)
+    write_json(Path(run_dir) / run_folder.RECORD, record)
     return error
-
-
-def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="action", required=True)
-    p_start = sub.add_parser("start")
-    p_start.add_argument("run_dir")
-    p_start.add_argument("--pid", type=int, help="the process running the run (run_eval.sh)")
-    p_start.add_argument(
-        "--settings",
-        required=True,
-        metavar="JSON",
-        help='{"settings": {...}, "requested": {...}}, as preflight.py prints it',
-    )
-    p_start.add_argument("--compliance", help="the compliance test this run is: TEST01")
-    p_finish = sub.add_parser("finish")
-    p_finish.add_argument("run_dir")
-    p_finish.add_argument("--status", required=True, choices=["completed", "failed"])
-    p_finish.add_argument("--reason")
-    argv = sys.argv[1:]
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    command = argv[split + 1 :]
-    if args.action == "start":
-        given = json.loads(args.settings)
-        start(
-            args.run_dir,
-            given["settings"],
-            command,
-            args.pid,
-            given["requested"],
-            args.compliance,
-        )
-    else:
-        error = finish(args.run_dir, args.status, args.reason)
-        if error:
-            sys.exit(f"run_record: error: {error}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

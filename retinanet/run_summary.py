@@ -10,38 +10,33 @@ a run folder and prints the summary without writing anything.
 """
 
 import json
-import re
 import sys
 from pathlib import Path
 
-from retinanet import rules
+from retinanet import rules, run_folder
 from retinanet.files import write_json
 from retinanet.loadgen_log import LogError, parse
-from retinanet.ray_sut import WORKERS_FILE
 
-SUMMARY = "summary.json"
 REFERENCE_MAP = 37.55  # PyTorch reference mAP of the official model
 MAP_TARGET = 37.1745  # MLPerf target: 99% of the reference
 
 
+def against_target(map_percent):
+    """An mAP beside the MLPerf target."""
+    return {
+        "map": map_percent,
+        "reference": REFERENCE_MAP,
+        "target": MAP_TARGET,
+        "meets_target": map_percent >= MAP_TARGET,
+    }
+
+
 def accuracy(run_dir):
     """mAP as tools/accuracy-openimages.py printed it, and the harness's full-precision one."""
-    path = Path(run_dir) / "accuracy.txt"
-    if not path.is_file():
-        raise LogError(f"{path} not found: the accuracy tool did not run")
-    found = re.findall(r"^mAP=([0-9.]+)%$", path.read_text(errors="replace"), re.M)
-    if not found:
-        raise LogError(f"{path} has no 'mAP=...%' line: the accuracy tool did not finish")
-    result = {"map": float(found[-1]), "reference": REFERENCE_MAP, "target": MAP_TARGET}
-    result["meets_target"] = result["map"] >= MAP_TARGET
-    harness = Path(run_dir) / "results.json"
-    try:
-        scenarios = [
-            v for k, v in json.loads(harness.read_text()).items() if k.startswith("TestScenario.")
-        ]
-        result["harness_map"] = scenarios[0]["mAP"]
-    except (OSError, ValueError, IndexError, KeyError):
-        pass  # the harness's own figure is a cross-check, not the result
+    result = against_target(run_folder.accuracy_map(run_dir))
+    harness_map = run_folder.harness_map(run_dir)
+    if harness_map is not None:  # a cross-check, not the result
+        result["harness_map"] = harness_map
     return result
 
 
@@ -50,15 +45,13 @@ def summarize(run_dir, status="completed", reason=None, judge=False):
     LogError; for a failed one, what could be read is kept and the error noted. judge: add
     the v5.1 verdict (it reads upstream's checker)."""
     run_dir = Path(run_dir)
-    record_path = run_dir / "run.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = run_folder.read_json(run_dir, run_folder.RECORD) or {}
     mode = record.get("settings", {}).get("mode")
     summary = {"run": run_dir.name, "status": status}
     if reason:
         summary["reason"] = reason
-    workers = run_dir / WORKERS_FILE
-    if workers.is_file():  # a WORKERS or RAY_ADDRESS run: what each worker answered
-        found = json.loads(workers.read_text())
+    found = run_folder.workers(run_dir)
+    if found:  # a WORKERS or RAY_ADDRESS run: what each worker answered
         summary["workers"] = [
             {k: w.get(k) for k in ("worker", "node", "answered", "lost")} for w in found["workers"]
         ]
@@ -84,7 +77,7 @@ def summarize(run_dir, status="completed", reason=None, judge=False):
 
 def write(run_dir, status="completed", reason=None):
     summary = summarize(run_dir, status, reason, judge=True)
-    write_json(Path(run_dir) / SUMMARY, summary)
+    write_json(Path(run_dir) / run_folder.SUMMARY, summary)
     return summary
 
 

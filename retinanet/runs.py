@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retinanet import run_summary
-from retinanet.run_record import RECORD
+from retinanet.run_folder import RECORD, SUMMARY
 
 
 class RunError(Exception):
@@ -49,15 +49,17 @@ class Run:
 
 
 def process_alive(record):
-    """Whether run_eval.sh of a 'running' record is still running; True when this host
-    cannot tell (another machine, or no pid recorded)."""
+    """Whether the process of a 'running' record is still running it: retinanet.run, or
+    run_eval.sh for runs before it; True when this host cannot tell (another machine, or no
+    pid recorded)."""
     pid, host = record.get("pid"), record.get("host", {}).get("name")
     if not pid or host != platform.node():
         return True
     try:
-        return b"run_eval.sh" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return b"retinanet.run" in args or any(arg.endswith(b"run_eval.sh") for arg in args)
 
 
 def load(path):
@@ -75,7 +77,7 @@ def load(path):
             f"stopped without finishing: process {record['pid']} is gone "
             "(killed, or the machine went down)"
         )
-    summary_path = path / run_summary.SUMMARY
+    summary_path = path / SUMMARY
     if summary_path.is_file():
         run.summary = json.loads(summary_path.read_text())
     elif run.status != "running":

@@ -3,7 +3,6 @@ processes and git state. Fixtures and hooks stay in conftest.py; tests import fr
 
 import importlib.metadata
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from retinanet import HARNESS, PROJECT_ROOT
+from retinanet import HARNESS, PROJECT_ROOT, run_folder
 from retinanet.gpu_pack import sent_files
 
 PYTHON = sys.executable
@@ -112,8 +111,7 @@ def run_into(folder, target, data, model, *settings, check=True, device="cpu", p
         check=check,
         prefix=prefix,
     )
-    match = re.search(r"^run folder: (.+)$", proc.stdout, re.M)
-    return proc, Path(match.group(1)) if match else None
+    return proc, run_folder.from_output(proc.stdout)
 
 
 def container(root, without=()):

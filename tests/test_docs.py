@@ -1,7 +1,7 @@
 """The documentation holds to the Makefile. The rules, each strict:
 
 - Variables: every make variable (each `NAME ?=` line of the Makefile, and each run setting
-  `python3 -m retinanet.settings makefile` prints) is documented by exactly one table row
+  `python3 -m retinanet.settings_outputs makefile` prints) is documented by exactly one table row
   in docs/*.md: a line starting with `|` whose first cell holds the name in backticks
   (`NAME`; several names may share a cell: `A`, `B`). Nothing else counts: not prose, not
   other cells, not headings, not README.md. A variable with no such row, or with rows on
@@ -64,7 +64,7 @@ def makefile_variables():
     names = set(re.findall(r"^([A-Z][A-Z0-9_]*) \?=", MAKEFILE.read_text(), re.M))
     # the run settings, read as make reads them
     words = subprocess.run(
-        ["python3", "-m", "retinanet.settings", "makefile"],
+        ["python3", "-m", "retinanet.settings_outputs", "makefile"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -170,7 +170,7 @@ def test_the_model_check_and_the_guard_stop_when_the_model_stalls(run, demo, wei
     )
     assert "its folder is" not in output and not (tmp_path / "results").exists()
     assert re.search(
-        r"^preflight\.py: error: no inference completed in [34] s with 1 sample waiting: stopped "
+        r"^run\.py: error: no inference completed in [34] s with 1 sample waiting: stopped "
         r"as stalled \(stall limit 3 s \(set by STALL_TIMEOUT\)\)",
         output,
         re.M,

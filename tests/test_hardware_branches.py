@@ -17,7 +17,7 @@ from misbehaving_models import Bf16Detector
 from retinanet import HARNESS, harness
 from retinanet.accuracy_guard import agreement
 from retinanet.demo_models import save_torchscript
-from retinanet.settings import native_bf16
+from retinanet.machine import native_bf16
 
 ONE_IMAGE = ("COUNT=1", "WARMUP=0", "BATCH_SIZE=1", "THREADS=1")
 

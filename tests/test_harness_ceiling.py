@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import DEMO_USER_CONF, PYTHON, TESTS
 
-from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, harness, patch_series
+from retinanet import HARNESS, PROJECT_ROOT, UPSTREAM, harness, patch_series, run_folder
 from retinanet.bench_harness import series_before_measured
 
 UPSTREAM_OPENIMAGES = "vision/classification_and_detection/python/openimages.py"
@@ -104,7 +103,7 @@ def run_measured(cwd, *settings):
     # wait4: the largest RSS among make's waited-for descendants, the harness
     _, status, usage = os.wait4(proc.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, output[-4000:]
-    return Path(re.search(r"^run folder: (.+)$", output, re.M).group(1)), usage.ru_maxrss * 1024
+    return run_folder.from_output(output), usage.ru_maxrss * 1024
 
 
 def unpatched_copy(project_copy):

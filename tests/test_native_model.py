@@ -12,7 +12,7 @@ import torch
 from helpers import DEMO_USER_CONF, TESTS
 from test_hardware_branches import ONE_IMAGE, completed, detections_in, plausible
 
-from retinanet import harness, native_model, preflight, settings
+from retinanet import harness, native_model, settings_auto, settings_outputs
 from retinanet.accuracy_guard import agreement, detect
 from retinanet.settings import NATIVE_MODEL, NATIVE_MODEL_NNPACK
 
@@ -147,31 +147,31 @@ def test_native_refuses_what_is_torchscript_only(run, demo):
 
 def test_guard_arguments_carry_the_native_model_compile_and_nnpack():
     native_cpu = {"MODEL_IMPL": "native", "PRECISION": "fp32", "DEVICE": "cpu"}
-    resolved, problems = settings.resolve({**native_cpu, "COMPILE": "1", "NNPACK": "0"})
+    resolved, problems = settings_auto.resolve({**native_cpu, "COMPILE": "1", "NNPACK": "0"})
     assert problems == []
-    args = preflight.guard_args("accuracy", resolved, 8)
+    args = settings_outputs.guard_args("accuracy", resolved, 8)
     assert args[args.index("--eager-model") + 1] == NATIVE_MODEL and "--compile" in args
-    assert preflight.guard_args("performance", resolved, 8) == []
+    assert settings_outputs.guard_args("performance", resolved, 8) == []
     resolved["COMPILE"] = "0"  # plain fp32: nothing to guard
-    assert preflight.guard_args("accuracy", resolved, 8) == []
+    assert settings_outputs.guard_args("accuracy", resolved, 8) == []
 
     # NNPACK: on by default for the native model in fp32 on a CPU, in NCHW; guarded against
     # the archive run as TorchScript
-    resolved, problems = settings.resolve(native_cpu)
+    resolved, problems = settings_auto.resolve(native_cpu)
     assert problems == [] and (resolved["NNPACK"], resolved["CHANNELS_LAST"]) == ("1", "0")
-    args = settings.harness_args(resolved)
+    args = settings_outputs.harness_args(resolved)
     assert args[args.index("--eager-model") + 1] == NATIVE_MODEL_NNPACK
-    args = preflight.guard_args("accuracy", resolved, 8)
+    args = settings_outputs.guard_args("accuracy", resolved, 8)
     assert args[args.index("--eager-model") + 1] == NATIVE_MODEL_NNPACK
     assert "--reference-archive" in args
     for other in ({"PRECISION": "bf16"}, {"MODEL_IMPL": "torchscript"}):
-        resolved, problems = settings.resolve({**native_cpu, **other})
+        resolved, problems = settings_auto.resolve({**native_cpu, **other})
         assert problems == [] and resolved["NNPACK"] == "0"
     for other, problem in [
         ({"PRECISION": "bf16"}, "NNPACK=1 runs fp32 convolutions on a CPU: DEVICE=cpu"),
         ({"MODEL_IMPL": "torchscript"}, "NNPACK=1 is the native model's: MODEL_IMPL=native"),
     ]:
-        _, problems = settings.resolve({**native_cpu, **other, "NNPACK": "1"})
+        _, problems = settings_auto.resolve({**native_cpu, **other, "NNPACK": "1"})
         assert len(problems) == 1 and problems[0].startswith(problem), problems
 
 
@@ -227,7 +227,7 @@ def test_auto_takes_the_native_model_where_it_fits(demo, weightless):
     """MODEL_IMPL=auto: native in fp32 on a CPU for an archive of this architecture;
     TorchScript for any other archive, in another precision, or for what only it does."""
     archive = {"MODEL": str(demo["models"]["random-weights"]), "DEVICE": "cpu"}
-    resolved, problems = settings.resolve({**archive, "PRECISION": "fp32"})
+    resolved, problems = settings_auto.resolve({**archive, "PRECISION": "fp32"})
     assert problems == [] and resolved["MODEL_IMPL"] == "native" and resolved["NNPACK"] == "1"
     for other in (
         {"MODEL": str(demo["models"]["oracle"])},  # TorchScript of another architecture
@@ -235,7 +235,7 @@ def test_auto_takes_the_native_model_where_it_fits(demo, weightless):
         {"PRECISION": "bf16"},
         {"FREEZE": "1"},
     ):
-        resolved, problems = settings.resolve({**archive, "PRECISION": "fp32", **other})
+        resolved, problems = settings_auto.resolve({**archive, "PRECISION": "fp32", **other})
         assert problems == [] and resolved["MODEL_IMPL"] == "torchscript", other
         assert resolved["NNPACK"] == "0"
         cores = str(torch.get_num_threads())
@@ -250,7 +250,7 @@ def test_nnpack_workers_share_the_cores(demo):
     cores = torch.get_num_threads()
     fast = {"MODEL": str(demo["models"]["random-weights"]), "DEVICE": "cpu", "PRECISION": "fp32"}
     for scenario in ("Offline", "Server", "MultiStream"):
-        resolved, problems = settings.resolve({**fast, "SCENARIO": scenario})
+        resolved, problems = settings_auto.resolve({**fast, "SCENARIO": scenario})
         assert problems == [] and resolved["NNPACK"] == "1"
         assert resolved["THREADS"] == str(cores), scenario  # 24 GB: memory does not cap it
         assert resolved["INTRA_THREADS"] == "1", scenario
@@ -259,11 +259,11 @@ def test_nnpack_workers_share_the_cores(demo):
         ({"NNPACK": "0"}, str(cores)),
         ({"WORKERS": "2"}, ""),
     ):
-        resolved, problems = settings.resolve({**fast, **other})
+        resolved, problems = settings_auto.resolve({**fast, **other})
         assert problems == [] and (resolved["THREADS"], resolved["INTRA_THREADS"]) == ("1", intra)
-    resolved, problems = settings.resolve({**fast, "THREADS": "2", "INTRA_THREADS": ""})
+    resolved, problems = settings_auto.resolve({**fast, "THREADS": "2", "INTRA_THREADS": ""})
     assert problems == [] and resolved["INTRA_THREADS"] == str(max(1, cores // 2))
-    resolved, problems = settings.resolve({**fast, "INTRA_THREADS": "3"})
+    resolved, problems = settings_auto.resolve({**fast, "INTRA_THREADS": "3"})
     assert problems == [] and resolved["INTRA_THREADS"] == "3"
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from helpers import DEMO_USER_CONF
 
-from retinanet import accuracy_guard, harness, settings
+from retinanet import accuracy_guard, harness, settings_auto
 from retinanet.demo_data import generate
-from retinanet.settings import native_bf16
+from retinanet.machine import native_bf16
 
 
 def test_inputs_equal_the_reference_preprocessing(demo, tmp_path):
@@ -131,12 +131,14 @@ def test_guard_reports_a_faster_setting_against_fp32(run, demo):
     ],
 )
 def test_auto_settings_follow_the_device(requested, expected):
-    resolved, problems = settings.resolve(requested)
+    resolved, problems = settings_auto.resolve(requested)
     assert problems == [] and {name: resolved[name] for name in expected} == expected
 
 
 def test_fp16_on_a_cpu_and_unknown_values_are_refused():
-    _, problems = settings.resolve({"DEVICE": "cpu", "PRECISION": "fp16", "IMAGE_CACHE": "disk"})
+    _, problems = settings_auto.resolve(
+        {"DEVICE": "cpu", "PRECISION": "fp16", "IMAGE_CACHE": "disk"}
+    )
     assert problems == ["IMAGE_CACHE=disk is not one of: none, uint8, float32"]
-    _, problems = settings.resolve({"DEVICE": "cpu", "PRECISION": "fp16"})
+    _, problems = settings_auto.resolve({"DEVICE": "cpu", "PRECISION": "fp16"})
     assert problems == ["PRECISION=fp16 is for GPUs: on a CPU use bf16 or fp32"]

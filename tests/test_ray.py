@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import DEMO_USER_CONF, PYTHON, TESTS, make, run_into
 
-from retinanet import PROJECT_ROOT, settings
+from retinanet import PROJECT_ROOT, run_folder, settings_auto, settings_outputs
 
 # make under a network namespace with loopback only
 LOOPBACK = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
@@ -31,29 +31,26 @@ needs_namespace = pytest.mark.skipif(
 
 
 def harness_args(**given):
-    resolved, problems = settings.resolve({"DATA_DIR": "data", **given})
+    resolved, problems = settings_auto.resolve({"DATA_DIR": "data", **given})
     assert problems == []
-    return settings.harness_args(resolved)
+    return settings_outputs.harness_args(resolved)
 
 
 @pytest.mark.slow  # a Python that imports torch: seconds
 def test_without_workers_the_harness_runs_alone():
     """Neither WORKERS nor RAY_ADDRESS: no --runner, and nothing a run imports imports Ray."""
     assert "--runner" not in harness_args()
-    code = (
-        "import sys; from retinanet import preflight, run_record, run_summary, report, compare; "
-        "assert 'ray' not in sys.modules"
-    )
+    code = "import sys; from retinanet import run, report, compare; assert 'ray' not in sys.modules"
     subprocess.run([PYTHON, "-c", code], cwd=PROJECT_ROOT, check=True)
 
 
 def test_workers_and_ray_address_become_the_runner():
-    runner = ["--runner", settings.RAY_RUNNER]
+    runner = ["--runner", settings_outputs.RAY_RUNNER]
     assert harness_args(WORKERS="2")[-4:] == ["--workers", "2", *runner]
     assert harness_args(WORKERS="auto")[-2:] == runner  # auto: the runner counts
     assert harness_args(RAY_ADDRESS="head-1:6379")[-4:] == ["--ray-address", "head-1:6379", *runner]
     for wrong in ({"WORKERS": "0"}, {"WORKERS": "two"}, {"RAY_ADDRESS": "head"}):
-        _, problems = settings.resolve({"DATA_DIR": "data", **wrong})
+        _, problems = settings_auto.resolve({"DATA_DIR": "data", **wrong})
         assert len(problems) == 1 and problems[0].startswith(next(iter(wrong)))
 
 
@@ -187,7 +184,7 @@ def test_two_node_cluster(demo, tmp_path):
         env={**os.environ, **token},
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    folders = re.findall(r"^run folder: (.+)$", proc.stdout, re.M)
+    folders = run_folder.all_from_output(proc.stdout)
     assert len(folders) == 2
     perf, accuracy = (Path(f) for f in folders)
     assert "Result is : VALID" in (perf / "mlperf_log_summary.txt").read_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import DEMO_USER_CONF, PYTHON, make, processes_mentioning
 
-from retinanet import patch_series
+from retinanet import patch_series, run_folder
 from retinanet.loadgen_log import LogError, parse
 from retinanet.runs import load
 
@@ -71,7 +71,7 @@ def records(demo, tmp_path_factory):
             "BATCH_SIZE=2",
             "PROGRESS=1",
         )
-        run_dir = Path(re.search(r"^run folder: (.+)$", proc.stdout, re.M).group(1))
+        run_dir = run_folder.from_output(proc.stdout)
         return {"dir": run_dir, "stdout": proc.stdout}
 
     # two at a time, one per core: a run of the oracle keeps at most about one busy (Python's

@@ -4,14 +4,16 @@ real-architecture model runs both modes."""
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DEMO_USER_CONF
+from helpers import DEMO_USER_CONF, run_into
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from retinanet import ANNOTATIONS, patch_series
+from retinanet import ANNOTATIONS, patch_series, run_folder
 from retinanet.demo_models import oracle_detections
 
 
@@ -22,9 +24,7 @@ def harness_map(run_dir):
 
 def tool_map(run_dir):
     """mAP in percent as tools/accuracy-openimages.py prints it (3 decimals)."""
-    return float(
-        re.search(r"^mAP=([0-9.]+)%$", (run_dir / "accuracy.txt").read_text(), re.M).group(1)
-    )
+    return run_folder.accuracy_map(run_dir)
 
 
 def accuracy_run(run, demo, model, *settings):
@@ -152,3 +152,59 @@ def test_each_run_gets_its_own_folder(run, demo):
     assert (first / "mlperf_log_accuracy.json").exists() and (
         second / "mlperf_log_accuracy.json"
     ).exists()
+
+
+# strace sees every execve of every process under it: none can start unseen
+STRACE = ("strace", "-f", "-ff", "--seccomp-bpf", "-qq", "-e", "trace=execve", "-e", "signal=none")
+EXECVE = re.compile(r'^execve\("([^"]+)", .* = 0$', re.M)
+
+
+def is_python(path):
+    """A Python interpreter starts when a python binary is executed, or a script whose #!
+    names one (#!/usr/bin/env python3 runs env, which then executes python3: seen as such)."""
+    path = Path(path)
+    try:
+        head = path.read_bytes()[:256]
+    except OSError:
+        return False
+    if head.startswith(b"\x7fELF"):
+        return re.fullmatch(r"python[0-9.]*", path.resolve().name) is not None
+    interpreter = head[2:].split(b"\n")[0].split()[:1] if head.startswith(b"#!") else []
+    return any(
+        re.fullmatch(rb"python[0-9.]*", Path(word.decode()).name.encode()) for word in interpreter
+    )
+
+
+def interpreters(trace_dir):
+    """The Python interpreters the traced processes started: the command lines' first words."""
+    started = []
+    for trace in sorted(trace_dir.iterdir()):
+        started += [path for path in EXECVE.findall(trace.read_text()) if is_python(path)]
+    return started
+
+
+@pytest.mark.parametrize(
+    "target, settings, most",
+    [
+        # make's read of the settings table, the run (run_eval.sh becomes it), main.py
+        ("perf", (f"USER_CONF={DEMO_USER_CONF}", "COUNT=2"), 3),
+        # and the accuracy guard (bf16 is not plain fp32); the accuracy tool runs in the run
+        ("eval", ("COUNT=1", "WARMUP=0", "PRECISION=bf16", "GUARD_IMAGES=1"), 4),
+    ],
+)
+def test_the_python_interpreters_a_run_starts(demo, tmp_path, target, settings, most):
+    assert shutil.which("strace"), "strace not found: apt-get install strace (it counts them)"
+    traces = tmp_path / "trace"
+    traces.mkdir()
+    proc, run_dir = run_into(
+        tmp_path,
+        target,
+        demo["data"],
+        demo["models"]["oracle"],
+        *settings,
+        prefix=(*STRACE, "-o", str(traces / "pid")),
+    )
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    started = interpreters(traces)
+    print(f"\nmake {target} started {len(started)} Python interpreters: {started}")
+    assert len(started) == most, started

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from helpers import DEMO_USER_CONF, PYTHON, make
 
-from retinanet import PROJECT_ROOT, preflight, settings
+from retinanet import PROJECT_ROOT, preflight, run_folder, settings, settings_outputs
 from retinanet.download_model import CACHE_SUFFIX
 
 
@@ -71,7 +71,7 @@ def test_rerun_of_an_auto_run_repeats_its_settings(run, demo):
     words = shlex.split(original["rerun"])
     assert words[:2] == ["make", "eval"]
     again = make(words[1], f"PYTHON={PYTHON}", *words[2:], check=True)
-    second = Path(re.search(r"^run folder: (.+)$", again.stdout, re.M).group(1))
+    second = run_folder.from_output(again.stdout)
     assert second != first
     assert record(second)["settings"] == original["settings"]
     assert record(second)["rerun"] == original["rerun"]
@@ -116,7 +116,7 @@ def test_paths_with_spaces_and_letters_beyond_ascii(run, demo, tmp_path):
         in proc.stdout
     )
     assert "mAP 100.000% on 12 images" in proc.stdout
-    run_dir = Path(re.search(r"^run folder: (.+)$", proc.stdout, re.M).group(1))
+    run_dir = run_folder.from_output(proc.stdout)
     assert run_dir.parent == results
     settings_ = record(run_dir)["settings"]
     assert (
@@ -155,8 +155,8 @@ def test_only_the_official_model_of_a_format_passes_without_a_warning(demo, tmp_
 
 def test_make_help_and_the_readme_document_every_setting():
     page = (PROJECT_ROOT / "docs" / "settings.md").read_text()
-    assert settings.settings_page_text(page) == page, (
-        "docs/settings.md's table is out of date: run 'python3 -m retinanet.settings docs'"
+    assert settings_outputs.settings_page_text(page) == page, (
+        "docs/settings.md's table is out of date: run 'python3 -m retinanet.settings_outputs docs'"
     )
     help_text = make("help").stdout
     for setting in settings.SETTINGS:

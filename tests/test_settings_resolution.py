@@ -1,19 +1,20 @@
-"""Settings resolution without a run (retinanet/settings.py): defaults, what `auto` becomes,
+"""Settings resolution without a run (retinanet/settings_auto.py): defaults, what `auto` becomes,
 one clear line per bad value, and run.json's `rerun`, which must repeat a run exactly."""
 
 import json
 import os
 import shlex
-import subprocess
 
 import pytest
 import torch
-from helpers import DEMO_USER_CONF, PYTHON, SAVED_RUNS
+from helpers import DEMO_USER_CONF, SAVED_RUNS
 
-from retinanet import HARNESS, PROJECT_ROOT, settings
-from retinanet.settings import SETTINGS, record, requested_from, rerun_command, rerun_words, resolve
+from retinanet import HARNESS, preflight
+from retinanet.settings import SETTINGS, record, requested_from
+from retinanet.settings_auto import RULES, resolve
+from retinanet.settings_outputs import harness_args, rerun_command, rerun_words
 
-AUTO = {s.name for s in SETTINGS if s.auto}
+AUTO = set(RULES)
 PATHS = {"DATA_DIR", "MODEL_DIR", "MODEL", "CACHE_DIR", "RESULTS_DIR"}
 
 
@@ -112,15 +113,9 @@ def test_a_user_conf_line_loadgen_would_ignore_is_named_by_number(tmp_path, text
 
 def test_preflight_stops_with_one_line_per_problem_before_any_run_folder(tmp_path):
     env = dict(os.environ, SCENARIO="Batch", QPS="0", RESULTS_DIR=str(tmp_path / "results"))
-    proc = subprocess.run(
-        [PYTHON, "-m", "retinanet.preflight", "performance"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.splitlines() == [
+    with pytest.raises(SystemExit) as stop:
+        preflight.check(env)
+    assert str(stop.value.code).splitlines() == [
         "error: SCENARIO=Batch is not one of: Offline, Server, SingleStream, MultiStream",
         "error: QPS=0 is not a number above 0",
     ]
@@ -172,6 +167,6 @@ def test_saved_runs_rerun_what_they_recorded(run_dir):
             assert again[name] not in ("", "auto"), f"{name}=auto is not in the rerun as resolved"
     assert rerun_command(recorded["mode"], recorded) == run["rerun"]
     assert (
-        settings.harness_args({s.name: recorded.get(s.key, "") for s in SETTINGS})
+        harness_args({s.name: recorded.get(s.key, "") for s in SETTINGS})
         == run["command"][4 : run["command"].index("--cache_dir")]
     )

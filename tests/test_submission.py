@@ -12,12 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from helpers import DEMO_USER_CONF, SAVED_RUNS, make
 
-from retinanet import OFFICIAL_MODELS, PROJECT_ROOT, rules
+from retinanet import OFFICIAL_MODELS, PROJECT_ROOT, rules, run_folder
 from retinanet.loadgen_log import MLLOG
 
 ORG, SYSTEM = "demo-org", "demo-system"
@@ -41,10 +40,6 @@ SHORT_RUN_MISSES = {
 }
 
 
-def run_folder(proc):
-    return Path(re.search(r"^run folder: (.+)$", proc.stdout, re.M).group(1))
-
-
 @pytest.fixture(scope="module")
 def runs(demo, tmp_path_factory):
     """An accuracy run, a short Offline run and its TEST01 run, with the oracle."""
@@ -62,15 +57,18 @@ def runs(demo, tmp_path_factory):
     accuracy = make("eval", *common, f"USER_CONF={DEMO_USER_CONF}", "WARMUP=0")
     perf = make("perf", *common, f"USER_CONF={conf}")
     compliance = make(
-        "compliance", f"RESULTS_DIR={root / 'results'}", f"RUN={run_folder(perf).name}", check=False
+        "compliance",
+        f"RESULTS_DIR={root / 'results'}",
+        f"RUN={run_folder.from_output(perf.stdout).name}",
+        check=False,
     )
     return {
         "root": root,
         "results": root / "results",
-        "accuracy": run_folder(accuracy),
-        "performance": run_folder(perf),
+        "accuracy": run_folder.from_output(accuracy.stdout),
+        "performance": run_folder.from_output(perf.stdout),
         "compliance": compliance,
-        "test01": run_folder(compliance),
+        "test01": run_folder.from_output(compliance.stdout),
     }
 
 
