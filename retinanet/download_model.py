@@ -71,24 +71,68 @@ def model_url(base, spec):
     return f"{base.rstrip('/')}/record/{spec['record']}/files/{spec['file']}"
 
 
+def digest_of(part):
+    """The MD5 of what part holds so far, to continue it."""
+    digest = hashlib.md5()
+    if part.exists():
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                digest.update(block)
+    return digest
+
+
+def request(url, done):
+    """The response for url from byte done on."""
+    # identity: Range and Content-Length then count the bytes on disk
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={done}-"} if done else {})}
+    return requests.get(url, stream=True, timeout=HTTP_TIMEOUT, headers=headers)
+
+
+def check_space(part, done, total):
+    if total is None:
+        return
+    free = shutil.disk_usage(part.parent).free
+    if total - done > free:
+        raise DownloadError(
+            f"{part.parent} has {free / 1e6:.0f} MB free, the model needs "
+            f"{(total - done) / 1e6:.0f} MB more: free some space and run again"
+        )
+
+
+def receive(response, part, resumed, digest, done, total, progress):
+    """The response's bytes onto part; a broken connection leaves part with what came."""
+    bar = tqdm.tqdm(
+        total=total,
+        initial=done,
+        unit="B",
+        unit_scale=True,
+        desc=part.name[: -len(".part")],
+        disable=not progress,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
+    try:
+        with open(part, "ab" if resumed else "wb") as f:
+            for chunk in response.iter_content(CHUNK):
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+    except requests.exceptions.RequestException:
+        pass  # a broken connection: part holds what came, the caller's size check resumes it
+    finally:
+        bar.close()
+
+
 def fetch(url, part, md5, progress=True):
     """Download url into part, continuing what part holds; return the MD5 of the whole."""
     attempt = 0
     while True:
         attempt += 1
         done = part.stat().st_size if part.exists() else 0
-        digest = hashlib.md5()
-        if done:
-            with open(part, "rb") as f:
-                for block in iter(lambda: f.read(CHUNK), b""):
-                    digest.update(block)
+        digest = digest_of(part) if done else hashlib.md5()
         try:
-            # identity: Range and Content-Length then count the bytes on disk
-            headers = {
-                "Accept-Encoding": "identity",
-                **({"Range": f"bytes={done}-"} if done else {}),
-            }
-            response = requests.get(url, stream=True, timeout=HTTP_TIMEOUT, headers=headers)
+            response = request(url, done)
         except requests.exceptions.RequestException as error:
             if attempt < ATTEMPTS:
                 time.sleep(RETRY_PAUSE_S)
@@ -105,41 +149,14 @@ def fetch(url, part, md5, progress=True):
                 f"{url} answered HTTP {response.status_code} {response.reason}: check FORMAT "
                 "and ZENODO_URL"
             )
-        resumed = response.status_code == 206 and response.headers.get(
-            "Content-Range", ""
-        ).startswith(f"bytes {done}-")
+        content_range = response.headers.get("Content-Range", "")
+        resumed = response.status_code == 206 and content_range.startswith(f"bytes {done}-")
         if not resumed:  # the whole file is coming
             done, digest = 0, hashlib.md5()
         length = response.headers.get("Content-Length")
         total = done + int(length) if length is not None else None
-        if total is not None:
-            free = shutil.disk_usage(part.parent).free
-            if total - done > free:
-                raise DownloadError(
-                    f"{part.parent} has {free / 1e6:.0f} MB free, the model needs "
-                    f"{(total - done) / 1e6:.0f} MB more: free some space and run again"
-                )
-        bar = tqdm.tqdm(
-            total=total,
-            initial=done,
-            unit="B",
-            unit_scale=True,
-            desc=part.name[: -len(".part")],
-            disable=not progress,
-            mininterval=0.5 if sys.stderr.isatty() else 30,
-        )
-        try:
-            with open(part, "ab" if resumed else "wb") as f:
-                for chunk in response.iter_content(CHUNK):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
-        except requests.exceptions.RequestException:
-            pass  # a broken connection: part holds what came, the size check below resumes it
-        finally:
-            bar.close()
+        check_space(part, done, total)
+        receive(response, part, resumed, digest, done, total, progress)
         size = part.stat().st_size
         if total is None or size == total:
             return digest.hexdigest()

@@ -156,120 +156,112 @@ def compliance_text(outcome):
     return text
 
 
-def render(runs, results_dir, plots):
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "# RetinaNet MLPerf runs",
-        "",
-        f"{len(runs)} runs from `{results_dir}`, reported {now} on {platform.node()}.",
-        "",
-    ]
+PERFORMANCE_HEADER = [
+    "run",
+    "scenario",
+    "settings",
+    "queries",
+    "result",
+    "metric",
+    "samples/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "warnings/errors",
+]
 
+
+def performance_section(runs):
+    """A row per completed performance run, then LoadGen's reasons for each INVALID one."""
     performance = [run for run in runs if run.performance]
-    if performance:
-        rows = []
-        for run in performance:
-            s = run.summary
-            latency = s.get("query_latency_ns") or s.get("latency_ns") or {}
-            rows.append(
-                [
-                    run.name,
-                    s.get("scenario"),
-                    setting_text(run),
-                    s.get("queries"),
-                    s.get("result"),
-                    metric_text(s),
-                    number(throughput(run)),
-                    ms(latency.get("p50")),
-                    ms(latency.get("p90")),
-                    ms(latency.get("p99")),
-                    f"{s.get('warnings', 0)}/{s.get('errors', 0)}",
-                ]
-            )
-        lines += [
-            "## Performance",
-            "",
-            table(
-                [
-                    "run",
-                    "scenario",
-                    "settings",
-                    "queries",
-                    "result",
-                    "metric",
-                    "samples/s",
-                    "p50 ms",
-                    "p90 ms",
-                    "p99 ms",
-                    "warnings/errors",
-                ],
-                rows,
-            ),
-            "",
-        ]
-        invalid = [run for run in performance if run.summary.get("result") == "INVALID"]
-        if invalid:
-            lines += ["INVALID, as LoadGen gives the reasons:", ""]
-            lines += [
-                f"- `{run.name}`: " + "; ".join(run.summary.get("reasons", [])) for run in invalid
-            ]
-            lines += [""]
-
-    accuracy = [run for run in runs if run.accuracy]
-    if accuracy:
-        rows = [
+    if not performance:
+        return []
+    rows = []
+    for run in performance:
+        s = run.summary
+        latency = s.get("query_latency_ns") or s.get("latency_ns") or {}
+        rows.append(
             [
                 run.name,
+                s.get("scenario"),
                 setting_text(run),
-                run.record.get("dataset", {}).get("images_used"),
-                f"{run.accuracy['map']:.3f}",
-                "yes" if run.accuracy["meets_target"] else "**no**",
+                s.get("queries"),
+                s.get("result"),
+                metric_text(s),
+                number(throughput(run)),
+                ms(latency.get("p50")),
+                ms(latency.get("p90")),
+                ms(latency.get("p99")),
+                f"{s.get('warnings', 0)}/{s.get('errors', 0)}",
             ]
-            for run in accuracy
-        ]
+        )
+    lines = ["## Performance", "", table(PERFORMANCE_HEADER, rows), ""]
+    invalid = [run for run in performance if run.summary.get("result") == "INVALID"]
+    if invalid:
+        lines += ["INVALID, as LoadGen gives the reasons:", ""]
         lines += [
-            "## Accuracy",
-            "",
-            table(
-                [
-                    "run",
-                    "settings",
-                    "images",
-                    "mAP %",
-                    f"meets {MAP_TARGET}% (99% of {REFERENCE_MAP}%)",
-                ],
-                rows,
-            ),
-            "",
+            f"- `{run.name}`: " + "; ".join(run.summary.get("reasons", [])) for run in invalid
         ]
+        lines += [""]
+    return lines
 
+
+def accuracy_section(runs):
+    """A row per completed accuracy run: its mAP against the target."""
+    accuracy = [run for run in runs if run.accuracy]
+    if not accuracy:
+        return []
+    rows = [
+        [
+            run.name,
+            setting_text(run),
+            run.record.get("dataset", {}).get("images_used"),
+            f"{run.accuracy['map']:.3f}",
+            "yes" if run.accuracy["meets_target"] else "**no**",
+        ]
+        for run in accuracy
+    ]
+    header = [
+        "run",
+        "settings",
+        "images",
+        "mAP %",
+        f"meets {MAP_TARGET}% (99% of {REFERENCE_MAP}%)",
+    ]
+    return ["## Accuracy", "", table(header, rows), ""]
+
+
+def rules_section(runs):
+    """The v5.1 verdict of each completed run, and its compliance test's."""
     judged = [run for run in runs if run.status == "completed" and run.summary.get("rules")]
-    if judged:
-        lines += [
-            "## MLPerf v5.1 run rules",
-            "",
-            "Would MLPerf accept the run: upstream's v5.1 rules, checked on its LoadGen log, "
-            "model MD5 and dataset manifest. A demo run is a check of the pipeline, not a result.",
-            "",
-        ]
-        for run in judged:
-            verdict = rules_text(run.summary["rules"])
-            lines.append(f"- `{run.name}`: {verdict}")
-            compliance = run.summary.get("compliance")
-            if compliance and "passed" in compliance:
-                lines.append(f"  - {compliance_text(compliance)}")
-        lines.append("")
+    if not judged:
+        return []
+    lines = [
+        "## MLPerf v5.1 run rules",
+        "",
+        "Would MLPerf accept the run: upstream's v5.1 rules, checked on its LoadGen log, "
+        "model MD5 and dataset manifest. A demo run is a check of the pipeline, not a result.",
+        "",
+    ]
+    for run in judged:
+        lines.append(f"- `{run.name}`: {rules_text(run.summary['rules'])}")
+        compliance = run.summary.get("compliance")
+        if compliance and "passed" in compliance:
+            lines.append(f"  - {compliance_text(compliance)}")
+    return lines + [""]
 
+
+def unfinished_section(runs):
     unfinished = [run for run in runs if run.status != "completed"]
-    if unfinished:
-        rows = [[run.name, run.mode, run.scenario, run.status, run.reason] for run in unfinished]
-        lines += [
-            "## Failed or still running",
-            "",
-            table(["run", "mode", "scenario", "status", "reason"], rows),
-            "",
-        ]
+    if not unfinished:
+        return []
+    rows = [[run.name, run.mode, run.scenario, run.status, run.reason] for run in unfinished]
+    header = ["run", "mode", "scenario", "status", "reason"]
+    return ["## Failed or still running", "", table(header, rows), ""]
 
+
+def provenance_section(runs):
+    """How each run was made: model, upstream and project trees, software, hardware."""
     rows = [
         [
             run.name,
@@ -282,17 +274,34 @@ def render(runs, results_dir, plots):
         ]
         for run in runs
     ]
-    lines += [
+    header = ["run", "model md5", "upstream", "patches", "project", "software", "CPU / GPU"]
+    return [
         "## How each run was made",
         "",
-        table(
-            ["run", "model md5", "upstream", "patches", "project", "software", "CPU / GPU"], rows
-        ),
+        table(header, rows),
         "",
         "Each run's folder holds the rest: `run.json` (command, every setting, versions, "
         "`rerun`: the make command that repeats it) and `summary.json`.",
         "",
     ]
+
+
+def render(runs, results_dir, plots):
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# RetinaNet MLPerf runs",
+        "",
+        f"{len(runs)} runs from `{results_dir}`, reported {now} on {platform.node()}.",
+        "",
+    ]
+    for section in (
+        performance_section,
+        accuracy_section,
+        rules_section,
+        unfinished_section,
+        provenance_section,
+    ):
+        lines += section(runs)
     for name, title in plots:
         lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)

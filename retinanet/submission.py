@@ -32,7 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet import OFFICIAL_MODELS, UPSTREAM, rules
+from retinanet import OFFICIAL_MODELS, UPSTREAM, machine, rules
 from retinanet.files import write_json
 from retinanet.patch_series import PATCH_DIR, series
 from retinanet.runs import RunError, find
@@ -125,18 +125,12 @@ def choose(runs):
 def this_host():
     """What this machine tells about itself, when the runs ran here."""
     facts = {}
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-        kib = int(re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M).group(1))
-        facts["host_memory_capacity"] = f"{kib / 2**20:.0f} GB"
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        sockets = set(re.findall(r"^physical id\s*:\s*(\d+)", cpuinfo, re.M))
-        cores = re.search(r"^cpu cores\s*:\s*(\d+)", cpuinfo, re.M)
-        if sockets and cores:
-            facts["host_processors_per_node"] = str(len(sockets))
-            facts["host_processor_core_count"] = cores.group(1)
-    except (OSError, AttributeError):
-        pass
+    memory, sockets, cores = machine.memory_total(), machine.sockets(), machine.cores_per_socket()
+    if memory:
+        facts["host_memory_capacity"] = f"{memory / 2**30:.0f} GB"
+    if sockets and cores:
+        facts["host_processors_per_node"] = str(sockets)
+        facts["host_processor_core_count"] = str(cores)
     return facts
 
 
@@ -413,7 +407,7 @@ def name_problems(args):
     return problems
 
 
-def main():
+def arguments():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -428,8 +422,47 @@ def main():
     parser.add_argument("--out", default="results/submission")
     parser.add_argument("--system-json", help="a JSON file of system fields")
     parser.add_argument("--check", metavar="TREE", help="only run the checker on this tree")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def run_lines(chosen):
+    """The run chosen for each scenario and kind, and its v5.1 verdict."""
+    lines = []
+    for scenario, runs in chosen.items():
+        for kind, run in runs.items():
+            if run is None:
+                lines.append(f"  {scenario} {kind}: none (make compliance RUN=...)")
+                continue
+            verdict = run.summary.get("rules") or {}
+            said = (
+                "meets the v5.1 run rules"
+                if verdict.get("meets")
+                else f"misses {len(verdict.get('missed', []))} v5.1 run rules"
+            )
+            if verdict.get("demo"):
+                said = "DEMO RUN, " + said
+            lines.append(f"  {scenario} {kind}: {run.name} ({said})")
+    return lines
+
+
+def record_submission(out, args, tree, chosen, to_fill, status, text):
+    """submission.json: the command, the tree, the runs in it and the checker's verdict."""
+    write_json(
+        out / "submission.json",
+        {
+            "command": make_command(args),
+            "tree": str(tree),
+            "runs": {
+                s: {k: r.name if r else None for k, r in runs.items()} for s, runs in chosen.items()
+            },
+            "to_fill": to_fill,
+            "checker": {"status": status, "summary": summary_line(text), "errors": grouped(text)},
+        },
+    )
+
+
+def main():
+    args = arguments()
     if args.check:
         tree = Path(args.check)
         status, text = check(tree, args.org, tree.parent)
@@ -463,21 +496,7 @@ def main():
         sys.exit(f"submission: error: {error}")
     status, text = check(tree, args.org, out)
 
-    lines = [f"submission: {tree}"]
-    for scenario, runs in chosen.items():
-        for kind, run in runs.items():
-            if run is None:
-                lines.append(f"  {scenario} {kind}: none (make compliance RUN=...)")
-                continue
-            verdict = run.summary.get("rules") or {}
-            said = (
-                "meets the v5.1 run rules"
-                if verdict.get("meets")
-                else f"misses {len(verdict.get('missed', []))} v5.1 run rules"
-            )
-            if verdict.get("demo"):
-                said = "DEMO RUN, " + said
-            lines.append(f"  {scenario} {kind}: {run.name} ({said})")
+    lines = [f"submission: {tree}"] + run_lines(chosen)
     if to_fill:
         lines.append(
             f"  systems/{args.system}.json: {len(to_fill)} fields not detected, set to {TO_FILL}: "
@@ -485,18 +504,7 @@ def main():
         )
     lines += report(status, text, tree)
     lines += [f"checker log: {out / 'checker.log'}", f"full accuracy logs: {out / 'accuracy-logs'}"]
-    write_json(
-        out / "submission.json",
-        {
-            "command": make_command(args),
-            "tree": str(tree),
-            "runs": {
-                s: {k: r.name if r else None for k, r in runs.items()} for s, runs in chosen.items()
-            },
-            "to_fill": to_fill,
-            "checker": {"status": status, "summary": summary_line(text), "errors": grouped(text)},
-        },
-    )
+    record_submission(out, args, tree, chosen, to_fill, status, text)
     print("\n".join(lines))
     return status
 

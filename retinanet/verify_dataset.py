@@ -201,6 +201,76 @@ def compare(manifest, current, problems, manifest_path, accept_new_files):
         )
 
 
+def check_count(images, annotations_path, max_images, full_images, problems, redo):
+    """A validation set holds the whole set, or MAX images of it."""
+    expected = min(max_images, full_images) if max_images else full_images
+    if len(images) == expected:
+        return
+    fix = (
+        f"run '{redo}' to complete it, or verify a subset with MAX={len(images)}"
+        if not max_images
+        else f"run '{redo} MAX={max_images}' again"
+    )
+    what = (
+        f"MAX={max_images} asks for {expected}"
+        if max_images
+        else f"the whole MLPerf validation set has {full_images:,}"
+    )
+    problems.add("count", f"error: {annotations_path} lists {len(images):,} images, {what}: {fix}")
+
+
+def calibration_files(files, spec, annotations_path, problems, redo):
+    """The calibration set is upstream's list: an image listed in the annotations that is not
+    on it is a problem, and each one on it must be on disk."""
+    listed = [Path(line.strip()).stem for line in CALIBRATION_LIST.read_text().split()]
+    in_json = {Path(f[0]).stem for f in files}
+    for stem in sorted(in_json - set(listed)):
+        problems.add(
+            "not calibration",
+            f"error: {annotations_path} lists {stem}.jpg, which is not in the MLPerf "
+            f"calibration list {CALIBRATION_LIST}: run '{redo}' again",
+        )
+    return files + [
+        (spec["images"] / f"{stem}.jpg", None, None) for stem in listed if stem not in in_json
+    ]
+
+
+def manifest_of(which, spec, annotations_path, max_images, entries):
+    """What a manifest records of the set as it is now."""
+    annotations_bytes = annotations_path.read_bytes()
+    return {
+        "set": which,
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "annotations": {
+            "file": str(spec["annotations"]),
+            "bytes": len(annotations_bytes),
+            "sha256": hashlib.sha256(annotations_bytes).hexdigest(),
+        },
+        "max_images": max_images if which == "validation" else None,
+        "images": len(entries),
+        "total_bytes": sum(entry["bytes"] for entry in entries.values()),
+        "files": entries,
+    }
+
+
+def summary_line(root, which, current, categories, annotations, seconds):
+    total = current["total_bytes"]
+    rate = f"{total / 1e6 / seconds:.0f} MB/s" if seconds > 0 else "-"
+    line = (
+        f"verify-dataset: {root} ({which}): {current['images']:,} images "
+        f"({size_text(total)}), {len(categories)} classes, "
+        f"{len(annotations):,} boxes: every image present, decodable and of the recorded size "
+        f"(read in {seconds:.1f} s, {rate})"
+    )
+    unfinished = list((root / SETS[which]["images"]).glob("*.part"))
+    if unfinished:
+        line += (
+            f"; {len(unfinished)} unfinished downloads (*.part) are left over, "
+            "the next download replaces them"
+        )
+    return line
+
+
 def verify(
     root,
     which="validation",
@@ -234,70 +304,19 @@ def verify(
     ]
     if which == "validation":
         max_images = max_images or (manifest or {}).get("max_images")
-        expected = min(max_images, full_images) if max_images else full_images
-        if len(images) != expected:
-            fix = (
-                f"run '{redo}' to complete it, or verify a subset with MAX={len(images)}"
-                if not max_images
-                else f"run '{redo} MAX={max_images}' again"
-            )
-            what = (
-                f"MAX={max_images} asks for {expected}"
-                if max_images
-                else f"the whole MLPerf validation set has {full_images:,}"
-            )
-            problems.add(
-                "count", f"error: {annotations_path} lists {len(images):,} images, {what}: {fix}"
-            )
+        check_count(images, annotations_path, max_images, full_images, problems, redo)
     else:
-        listed = [Path(line.strip()).stem for line in CALIBRATION_LIST.read_text().split()]
-        in_json = {Path(f[0]).stem for f in files}
-        for stem in sorted(in_json - set(listed)):
-            problems.add(
-                "not calibration",
-                f"error: {annotations_path} lists {stem}.jpg, which is not in the MLPerf "
-                f"calibration list {CALIBRATION_LIST}: run '{redo}' again",
-            )
-        files += [
-            (spec["images"] / f"{stem}.jpg", None, None) for stem in listed if stem not in in_json
-        ]
+        files = calibration_files(files, spec, annotations_path, problems, redo)
 
     started = time.monotonic()
     entries = file_problems(root, files, jobs or os.cpu_count() or 1, problems, redo)
     seconds = time.monotonic() - started
-    annotations_bytes = annotations_path.read_bytes()
-    current = {
-        "set": which,
-        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "annotations": {
-            "file": str(spec["annotations"]),
-            "bytes": len(annotations_bytes),
-            "sha256": hashlib.sha256(annotations_bytes).hexdigest(),
-        },
-        "max_images": max_images if which == "validation" else None,
-        "images": len(entries),
-        "total_bytes": sum(entry["bytes"] for entry in entries.values()),
-        "files": entries,
-    }
+    current = manifest_of(which, spec, annotations_path, max_images, entries)
     if manifest is not None:
         compare(manifest, current, problems, manifest_path, accept_new_files=write_manifest)
     if problems:
         return problems, None
-
-    total = current["total_bytes"]
-    rate = f"{total / 1e6 / seconds:.0f} MB/s" if seconds > 0 else "-"
-    line = (
-        f"verify-dataset: {root} ({which}): {len(entries):,} images ({size_text(total)}), "
-        f"{len(categories)} classes, "
-        f"{len(annotations):,} boxes: every image present, decodable and of the recorded size "
-        f"(read in {seconds:.1f} s, {rate})"
-    )
-    unfinished = list((root / spec["images"]).glob("*.part"))
-    if unfinished:
-        line += (
-            f"; {len(unfinished)} unfinished downloads (*.part) are left over, "
-            "the next download replaces them"
-        )
+    line = summary_line(root, which, current, categories, annotations, seconds)
     if manifest is None or write_manifest:
         write_json(manifest_path, current, indent=1)
         line += f"; manifest written: {manifest_path}"
