@@ -38,6 +38,10 @@ class ModelProblem(Exception):
     """One line: what is wrong with the model and what to do."""
 
 
+class ImageProblem(Exception):
+    """One line: an image the check runs the model on does not load, and what to do."""
+
+
 def is_torchscript(path):
     if not zipfile.is_zipfile(path):
         return False
@@ -153,9 +157,15 @@ def safety(model, backend, factory, trusted):
 
 
 def harness_images(data_dir, count, backend):
+    """The first count images, preprocessed by the harness; ImageProblem for one that does
+    not decode (the harness names it: 'cannot decode ...: download it again')."""
     with tempfile.TemporaryDirectory() as cache_dir:
         ds = harness.openimages(data_dir, cache_dir, count, backend)
-        return [ds.get_item(i)[0] for i in range(ds.get_item_count())], list(ds.image_ids)
+        try:
+            pixels = [ds.get_item(i)[0] for i in range(ds.get_item_count())]
+        except ValueError as error:
+            raise ImageProblem(str(error)) from None
+        return pixels, list(ds.image_ids)
 
 
 def load_model(model, backend, factory, eager=None):
@@ -169,11 +179,6 @@ def load_model(model, backend, factory, eager=None):
     runtime.set_model_source(factory, trust_pickle=True, eager_model=eager)  # safety() decided
     runtime.load(str(model), inputs=["image"], outputs=["boxes", "labels", "scores"])
     return runtime, "image"
-
-
-def first_line(error):
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def as_numpy(value):
@@ -324,24 +329,24 @@ def check(
     if images <= 0:
         return f"model check: {kind}; output contract not checked (CHECK_IMAGES=0)"
     pixels, image_ids = harness_images(data_dir, images, backend)
+    failfast = harness.module("failfast")  # says an exception in one line, as the harness does
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             runtime, input_name = load_model(model, backend, factory, eager)
         except Exception as error:
             raise ModelProblem(
-                f"the {backend} backend cannot load it: {first_line(error)}"
+                f"the {backend} backend cannot load it: {failfast.describe(error)}"
             ) from None
         outputs = []
         try:
-            with harness.module("failfast").Watchdog(
-                stall_timeout, setting="STALL_TIMEOUT"
-            ) as watchdog:
+            with failfast.Watchdog(stall_timeout, setting="STALL_TIMEOUT") as watchdog:
                 for image in pixels:
                     with watchdog.inference():
                         outputs.append(runtime.predict({input_name: image[None]}))
         except Exception as error:
             raise ModelProblem(
-                f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: {first_line(error)}"
+                f"the model failed on a [1,3,{INPUT_SIZE},{INPUT_SIZE}] input: "
+                f"{failfast.describe(error)}"
             ) from None
     found = []
     for index, output in enumerate(outputs):
@@ -405,6 +410,8 @@ def main():
         )
     except ModelProblem as problem:
         sys.exit(error_line(args.model, problem))
+    except ImageProblem as problem:
+        sys.exit(f"error: {problem}")
 
 
 if __name__ == "__main__":

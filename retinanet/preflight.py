@@ -212,3 +212,5 @@ def model_contract(resolved, images):
         )
     except model_check.ModelProblem as problem:
         raise SystemExit(model_check.error_line(resolved["MODEL"], problem)) from None
+    except model_check.ImageProblem as problem:
+        raise SystemExit(f"error: {problem}") from None

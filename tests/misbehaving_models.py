@@ -125,3 +125,25 @@ class ShapeRecorder(nn.Module):
 
 def shape_recorder():
     return ShapeRecorder()
+
+
+SCRIPTED_MESSAGE = "a TorchScript model's own exception"
+
+
+class RaisesInTorchScript(nn.Module):
+    """Raises in its own TorchScript code, saved as an archive (the interpreter wraps the
+    exception in its traceback: the cause is on its last line)."""
+
+    def __init__(self):
+        super().__init__()
+        self.message = SCRIPTED_MESSAGE
+
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
+        if images.shape[0] > 0:
+            raise ValueError(self.message)
+        return [detections(image) for image in images]
+
+
+def save_raises_in_torchscript(path):
+    torch.jit.save(torch.jit.script(RaisesInTorchScript()), str(path))
+    return path

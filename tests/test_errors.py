@@ -1,6 +1,7 @@
 """Bad input stops a run with one clear line before the harness starts, and nothing of the
 user's is deleted or overwritten."""
 
+import json
 import shutil
 import subprocess
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from helpers import DEMO_USER_CONF, make
 
-from retinanet import patch_series
+from retinanet import ANNOTATIONS, IMAGE_DIR, patch_series
 
 N = len(patch_series.series())  # patches in the series
 
@@ -65,6 +66,22 @@ def test_missing_image_is_named(run, demo, tmp_path, earlier_results):
     assert line.endswith(
         f"1 of 12 images are missing from {data / 'validation' / 'data'}, first {victim.name}: "
         "rerun 'make dataset' to fetch them"
+    )
+
+
+def test_an_image_that_does_not_decode_stops_the_model_check_in_one_line(
+    run, demo, tmp_path, earlier_results
+):
+    data = tmp_path / "data"
+    shutil.copytree(demo["data"], data)
+    first = json.loads((data / ANNOTATIONS).read_text())["images"][0]["file_name"]
+    image = data / IMAGE_DIR / first  # the one the model check (CHECK_IMAGES=1) runs on
+    image.write_bytes(image.read_bytes()[:400])  # cut short: cv2 cannot decode it
+    proc, run_dir = run("eval", data, demo["models"]["oracle"], "CHECK_IMAGES=1", check=False)
+    assert proc.returncode != 0 and run_dir is None
+    assert "Traceback" not in proc.stdout, proc.stdout
+    assert error_line(proc) == (
+        f"error: cannot decode {image}: the file is damaged, download it again"
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import DEMO_USER_CONF, TESTS, processes_mentioning
-from misbehaving_models import MESSAGE
+from misbehaving_models import MESSAGE, SCRIPTED_MESSAGE, save_raises_in_torchscript
 
 # the harness's own limit when nothing was measured: failfast.Watchdog.FIRST, FLOOR
 FIRST_LIMIT, FLOOR = 600, 60
@@ -139,6 +139,31 @@ def test_a_raise_in_the_model_check_stops_before_the_run(run, demo, weightless, 
     assert "its folder is" not in output and not (tmp_path / "results").exists()
     assert f"the model failed on a [1,3,800,800] input: RuntimeError: {MESSAGE} on call 1" in output
     assert took < 30
+
+
+def test_a_torchscript_model_that_raises_is_named_by_its_own_exception(run, demo, tmp_path):
+    """The TorchScript interpreter wraps the model's exception in its own traceback; the one
+    line gives the model's exception, in the model check and in the harness."""
+    model = save_raises_in_torchscript(tmp_path / "raises.pth")
+    proc, run_dir = run("eval", demo["data"], model, "CHECK_IMAGES=1", check=False)
+    assert proc.returncode != 0 and run_dir is None
+    assert (
+        f"error: MODEL={model}: the model failed on a [1,3,800,800] input: ValueError: "
+        f"{SCRIPTED_MESSAGE}" in proc.stdout.splitlines()
+    ), proc.stdout[-3000:]
+    proc, _ = run(
+        "perf",
+        demo["data"],
+        model,
+        "CHECK_IMAGES=0",
+        "WARMUP=1",
+        f"USER_CONF={DEMO_USER_CONF}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert recorded_failure(proc.stdout) == (
+        f"warm-up inference failed: ValueError: {SCRIPTED_MESSAGE}"
+    )
 
 
 def test_a_stalled_run_ends_at_its_stall_limit(run, demo, weightless):
