@@ -2,6 +2,7 @@
 processes and git state. Fixtures and hooks stay in conftest.py; tests import from here."""
 
 import importlib.metadata
+import json
 import os
 import shutil
 import signal
@@ -112,6 +113,65 @@ def run_into(folder, target, data, model, *settings, check=True, device="cpu", p
         prefix=prefix,
     )
     return proc, run_folder.from_output(proc.stdout)
+
+
+# -- runs whose length does not depend on the machine's speed (docs/testing.md) ------------
+
+# seconds a run lasts where its figure must be steady (TEST01 compares two within 10%)
+STEADY_SECONDS = 6
+# the Offline run that measures the rate first: a fraction of a second on the oracle
+PROBE_SAMPLES = 400
+# a run of fewer samples measures start-up; more would take minutes on a much faster machine
+STEADY_LIMITS = (800, 100_000)
+
+
+def offline_conf(path, samples):
+    """A user.conf whose Offline run is one query of exactly `samples`: LoadGen issues
+    max(min_query_count, 1.1 x min_duration x target_qps) samples, and with min_duration 0
+    calls the run VALID whatever the rate at which they are answered."""
+    path.write_text(
+        "*.Offline.target_qps = 1\n*.Offline.min_duration = 0\n"
+        f"*.Offline.min_query_count = {samples}\n"
+    )
+    return path
+
+
+def steady_samples(rate):
+    """Samples for an Offline run of STEADY_SECONDS at `rate` samples/s, within STEADY_LIMITS."""
+    low, high = STEADY_LIMITS
+    return max(low, min(high, round(rate * STEADY_SECONDS)))
+
+
+def offline_rate(*settings):
+    """The samples/s of a PROBE_SAMPLES Offline run with these make settings (RESULTS_DIR
+    among them): the rate the runs sized from it will go at."""
+    results = Path(next(s for s in settings if s.startswith("RESULTS_DIR=")).split("=", 1)[1])
+    probe = results.parent / f"{results.name}-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    conf = offline_conf(probe / "probe.conf", PROBE_SAMPLES)
+    proc = make("perf", *settings, f"USER_CONF={conf}", f"RESULTS_DIR={probe}")
+    summary = json.loads((run_folder.from_output(proc.stdout) / "summary.json").read_text())
+    assert summary["result"] == "VALID", summary
+    return summary["throughput"]["samples_per_second"]
+
+
+def oracle_settings(demo, folder, pace_ms=None):
+    """make's settings for the demo's oracle; with a pace (default: TEST_PACE_MS, when set) the
+    same oracle a sleep of that many milliseconds slower per image (tests/paced_models.py)."""
+    pace_ms = os.environ.get("TEST_PACE_MS") if pace_ms is None else pace_ms
+    settings = [f"DATA_DIR={demo['data']}"]
+    if not pace_ms:
+        return settings + [f"MODEL={demo['models']['oracle']}"]
+    import paced_models
+
+    state = paced_models.save_state(demo["models"]["oracle"], Path(folder) / "paced-oracle.pth")
+    return settings + [
+        f"MODEL={state}",
+        "MODEL_FACTORY=paced_models:paced_oracle",
+        f"PYTHONPATH={TESTS}",
+        f"PACED_ORACLE={demo['models']['oracle']}",
+        f"PACE_MS={pace_ms}",
+    ]
 
 
 def container(root, without=()):

@@ -14,17 +14,21 @@ import subprocess
 import sys
 
 import pytest
-from helpers import DEMO_USER_CONF, SAVED_RUNS, make
+from helpers import (
+    DEMO_USER_CONF,
+    SAVED_RUNS,
+    STEADY_SECONDS,
+    make,
+    offline_conf,
+    offline_rate,
+    oracle_settings,
+    steady_samples,
+)
 
 from retinanet import OFFICIAL_MODELS, PROJECT_ROOT, rules, run_folder
 from retinanet.loadgen_log import MLLOG
 
 ORG, SYSTEM = "demo-org", "demo-system"
-# Offline runs of 800 samples, a few seconds: TEST01's throughput, within 10%, is steady, and
-# LoadGen calls them VALID while the oracle answers fewer than 400 a second
-SHORT_CONF = (
-    "*.Offline.target_qps = 400\n*.Offline.min_duration = 2000\n*.Offline.min_query_count = 1\n"
-)
 SHORT_RUN_MISSES = {
     "performance": [
         "minimum duration",
@@ -42,28 +46,33 @@ SHORT_RUN_MISSES = {
 
 @pytest.fixture(scope="module")
 def runs(demo, tmp_path_factory):
-    """An accuracy run, a short Offline run and its TEST01 run, with the oracle."""
+    """An accuracy run, a short Offline run and its TEST01 run, with the oracle (paced by
+    TEST_PACE_MS where set: docs/testing.md). The Offline run is VALID at any rate and lasts
+    STEADY_SECONDS at the rate measured here, so that TEST01 compares two steady figures."""
     root = tmp_path_factory.mktemp("submission")
-    conf = root / "short.conf"
-    conf.write_text(SHORT_CONF)
     common = [
-        f"DATA_DIR={demo['data']}",
-        f"MODEL={demo['models']['oracle']}",
         f"RESULTS_DIR={root / 'results'}",
         f"CACHE_DIR={root / 'cache'}",
         "DEVICE=cpu",
         "CHECK_IMAGES=0",  # the oracle's contract is tested elsewhere
+        *oracle_settings(demo, root),
     ]
     accuracy = make("eval", *common, f"USER_CONF={DEMO_USER_CONF}", "WARMUP=0")
+    rate = offline_rate(*common)
+    conf = offline_conf(root / "steady.conf", steady_samples(rate))
     perf = make("perf", *common, f"USER_CONF={conf}")
+    # the rerun repeats the settings; a paced oracle's environment comes along
+    environment = [word for word in common if word.startswith(("PACE", "PYTHONPATH="))]
     compliance = make(
         "compliance",
         f"RESULTS_DIR={root / 'results'}",
         f"RUN={run_folder.from_output(perf.stdout).name}",
+        *environment,
         check=False,
     )
     return {
         "root": root,
+        "rate": rate,
         "results": root / "results",
         "accuracy": run_folder.from_output(accuracy.stdout),
         "performance": run_folder.from_output(perf.stdout),
@@ -88,6 +97,27 @@ def test_verdict_of_demo_runs_lists_exactly_what_a_short_run_misses(runs):
     # the demo's generated data makes a run a demo run whatever its user.conf
     summary = json.loads((runs["performance"] / "summary.json").read_text())
     assert summary["rules"]["demo"] == ["the demo's generated dataset"]
+
+
+def test_offline_runs_sized_by_the_rate_hold_on_a_slower_machine(demo, tmp_path):
+    """The fixture's sizing on a machine several times slower (the oracle paced, a sleep per
+    image): the run is VALID and lasts about STEADY_SECONDS, as it does here; a faster machine
+    only shortens the probe."""
+    common = [
+        f"RESULTS_DIR={tmp_path / 'results'}",
+        "DEVICE=cpu",
+        "CHECK_IMAGES=0",
+        *oracle_settings(demo, tmp_path, pace_ms=3),
+    ]
+    rate = offline_rate(*common)
+    assert rate < 1000 / 3, "the pace slows the oracle"
+    perf = make(
+        "perf", *common, f"USER_CONF={offline_conf(tmp_path / 'steady.conf', steady_samples(rate))}"
+    )
+    summary = json.loads((run_folder.from_output(perf.stdout) / "summary.json").read_text())
+    assert summary["result"] == "VALID"
+    assert summary["scheduled"]["samples_per_query"] == steady_samples(rate)
+    assert STEADY_SECONDS / 2 < summary["duration_s"] < STEADY_SECONDS * 2, summary["duration_s"]
 
 
 def edit_detail(run_dir, values):
@@ -147,6 +177,12 @@ def test_rule_values_are_upstreams(upstream):
 def test_test01_on_the_oracle_passes_upstreams_verification(runs):
     assert runs["compliance"].returncode == 0, runs["compliance"].stdout[-3000:]
     test01 = runs["test01"]
+    # both runs as long as the rate measured first makes them, not as an assumed rate would
+    samples = steady_samples(runs["rate"])
+    for run_dir in (runs["performance"], test01):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["scheduled"]["samples_per_query"] == samples
+        print(f"\n{run_dir.name}: {samples} samples in {summary['duration_s']:.1f} s")
     assert "-performance-TEST01-Offline-cpu" in test01.name
     record = json.loads((test01 / "run.json").read_text())
     outcome = record["compliance"]
