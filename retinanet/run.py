@@ -228,8 +228,9 @@ class Run:
     def accuracy(self):
         """The accuracy tool's mAP beside the target, into result.txt; then the guard's line."""
         output = self.path(run_folder.ACCURACY_TXT)
-        with open(output, "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
-            with contextlib.redirect_stderr(Tee(sys.stderr, log)):
+        with open(output, "w") as log:
+            both = Tee(sys.stdout, log)  # its stderr too, as 2>&1 would
+            with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
                 accuracy_tool(
                     self.path(run_folder.LOADGEN_ACCURACY),
                     self.settings["DATA_DIR"],
@@ -256,7 +257,9 @@ class Run:
         command = [sys.executable, "-m", "retinanet.accuracy_guard", *args]
         command += ["--out", str(self.path(run_folder.GUARD_JSON))]
         with open(self.path(run_folder.GUARD_LOG), "w") as log:
-            self.child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+            self.child = subprocess.Popen(
+                command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=log, text=True
+            )
             printed, _ = self.child.communicate()
             status, self.child = self.child.returncode, None
         if status != 0:
