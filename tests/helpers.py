@@ -99,6 +99,13 @@ def patch_series_in(project, action):
     )
 
 
+# The accuracy guard runs in every accuracy run that is not plain fp32: on a CPU with native
+# bf16, every default one. It has tests of its own, which set GUARD_IMAGES; the other runs
+# leave it out, as they do on a CPU without native bf16 (a later setting on make's command
+# line wins).
+NO_GUARD = "GUARD_IMAGES=0"
+
+
 def run_into(folder, target, data, model, *settings, check=True, device="cpu", prefix=()):
     """make eval/perf with FOLDER's results and cache folders; returns (process, run folder)."""
     proc = make(
@@ -108,6 +115,7 @@ def run_into(folder, target, data, model, *settings, check=True, device="cpu", p
         f"RESULTS_DIR={folder / 'results'}",
         f"CACHE_DIR={folder / 'cache'}",
         f"DEVICE={device}",
+        NO_GUARD,
         *settings,
         check=check,
         prefix=prefix,

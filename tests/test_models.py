@@ -67,7 +67,7 @@ def completed(run_dir):
 
 
 def accuracy_then_performance(run, demo, model, *settings, accuracy=(), performance=()):
-    proc, run_dir = run("eval", demo["data"], model, "GUARD_IMAGES=0", *settings, *accuracy)
+    proc, run_dir = run("eval", demo["data"], model, *settings, *accuracy)
     record = completed(run_dir)
     assert "model check: " in proc.stdout and "output contract kept" in proc.stdout
     perf, perf_dir = run("perf", demo["data"], model, "COUNT=2", *PERF, *settings, *performance)
@@ -108,7 +108,6 @@ def test_trusted_pickle(run, demo, own_models):
         own_models["root"] / "oracle-pickle.pth",
         "TRUST_MODEL=1",
         "COUNT=4",
-        "GUARD_IMAGES=0",
     )
     assert (
         "model check: trusted pickle;" in proc.stdout and "mAP 100.000% on 4 images" in proc.stdout

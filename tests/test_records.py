@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import DEMO_USER_CONF, PYTHON, make, processes_mentioning
+from helpers import DEMO_USER_CONF, NO_GUARD, PYTHON, make, processes_mentioning
 
 from retinanet import patch_series, run_folder
 from retinanet.loadgen_log import LogError, parse
@@ -71,6 +71,7 @@ def records(demo, tmp_path_factory):
             f"USER_CONF={conf_file(root, conf)}",
             "BATCH_SIZE=2",
             "PROGRESS=1",
+            NO_GUARD,
         )
         run_dir = run_folder.from_output(proc.stdout)
         return {"dir": run_dir, "stdout": proc.stdout}
@@ -81,6 +82,20 @@ def records(demo, tmp_path_factory):
         started = {name: pool.submit(one, *run) for name, run in RUNS.items()}
         runs = {name: future.result() for name, future in started.items()}
     return {"root": root, "results": root / "results", "runs": runs}
+
+
+def test_each_run_gets_a_folder_of_its_own(records):
+    """The records' runs, two at a time into one RESULTS_DIR (two of them performance runs in
+    Offline, whose folders take the same name but for a second): a folder each, with its own
+    logs, never another run's."""
+    folders = [run["dir"] for run in records["runs"].values()]
+    assert len(set(folders)) == len(RUNS)
+    assert {folder.parent for folder in folders} == {records["results"]}
+    for folder in folders:
+        record = json.loads((folder / "run.json").read_text())
+        assert record["status"] == "completed"
+        assert (folder / "mlperf_log_detail.txt").is_file()
+        assert f"--output {folder}" in (folder / "harness.log").read_text()
 
 
 def read(run_dir, name):

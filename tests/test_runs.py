@@ -86,7 +86,8 @@ def test_perturbed_oracle_matches_pycocotools_directly(run, demo):
 def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run, demo):
     # WARMUP=0: an accuracy run needs no warm-up, and it costs 5 inferences of seconds each here
     # PRECISION=fp32 on every CPU; bf16 runs in test_hardware_branches.py
-    # GUARD_IMAGES=0: the guard of this default (native, NNPACK) is test_native_model.py's
+    # no guard (the run fixture's default): this default's (native, NNPACK) is
+    # test_native_model.py's
     proc, run_dir = accuracy_run(
         run,
         demo,
@@ -96,7 +97,6 @@ def test_random_weights_model_runs_accuracy_with_detections_for_every_image(run,
         "THREADS=1",
         "WARMUP=0",
         "PRECISION=fp32",
-        "GUARD_IMAGES=0",
     )
     assert "--warmup 0" in proc.stdout and "INFO:main:warmup:" not in proc.stdout
     log = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
@@ -143,15 +143,6 @@ def test_random_weights_model_offline_performance_is_valid(run, demo):
     assert record["settings"]["scenario"] == "Offline" and record["settings"]["warmup"] == "1"
     assert record["upstream"]["commit"] == patch_series.pinned_commit()
     assert (run_dir / "user.conf").read_text() == DEMO_USER_CONF.read_text()
-
-
-def test_each_run_gets_its_own_folder(run, demo):
-    _, first = accuracy_run(run, demo, "oracle", "COUNT=3")
-    _, second = accuracy_run(run, demo, "oracle", "COUNT=3")
-    assert first != second and first.parent == second.parent
-    assert (first / "mlperf_log_accuracy.json").exists() and (
-        second / "mlperf_log_accuracy.json"
-    ).exists()
 
 
 # strace sees every execve of every process under it: none can start unseen

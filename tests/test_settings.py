@@ -9,7 +9,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from helpers import DEMO_USER_CONF, PYTHON, make
+from helpers import DEMO_USER_CONF, NO_GUARD, PYTHON, make
 
 from retinanet import PROJECT_ROOT, preflight, run_folder, settings, settings_outputs
 from retinanet.download_model import CACHE_SUFFIX
@@ -110,6 +110,7 @@ def test_paths_with_spaces_and_letters_beyond_ascii(run, demo, tmp_path):
         "DEVICE=cpu",
         "COUNT=100000",
         "WARMUP=0",
+        NO_GUARD,
     )
     assert (
         f"warning: COUNT=100000 is more than the 12 images in DATA_DIR={data}: the run uses all 12"
