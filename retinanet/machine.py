@@ -163,7 +163,8 @@ def host():
 
 def facts():
     """Everything a measured figure depends on, and when it was taken: host(), the CPU flags
-    it lacks, native bf16, NNPACK, memory, the package versions and the environment."""
+    it lacks, native bf16, NNPACK, memory (total and available), the package versions and
+    the environment."""
     found = host()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
@@ -172,6 +173,7 @@ def facts():
         "native_bf16": native_bf16(),
         "nnpack": has_nnpack(),
         "memory_bytes": memory_total(),
+        "memory_available_bytes": available_memory(),
         "versions": versions(),
         "environment": environment(),
     }

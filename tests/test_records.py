@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import DEMO_USER_CONF, NO_GUARD, PYTHON, make, processes_mentioning
 
-from retinanet import patch_series, run_folder
+from retinanet import machine, patch_series, run_folder
 from retinanet.loadgen_log import LogError, parse
 from retinanet.runs import load
 
@@ -145,6 +145,18 @@ def test_run_json_says_how_each_run_was_made(records, demo):
         }
         assert record["dataset"]["path"] == str(demo["data"].resolve())
         assert record["dataset"]["images_total"] == record["dataset"]["images_used"] == 12
+
+
+def test_machine_facts_are_run_json_s_host_and_what_tools_print():
+    """machine.py: one place for the facts run.json records and the benchmark tools print."""
+    host, facts = machine.host(), machine.facts()
+    assert {"name", "platform", "cpu", "cpu_flags", "cpus", "cuda", "cudnn", "gpus"} == set(host)
+    assert {key: facts[key] for key in host} == host
+    assert set(facts["cpu_flags"]) | set(facts["missing_cpu_flags"]) == set(machine.CPU_FLAGS)
+    assert not set(facts["cpu_flags"]) & set(facts["missing_cpu_flags"])
+    assert facts["native_bf16"] in (True, False) and facts["nnpack"] in (True, False)
+    assert facts["memory_bytes"] > facts["memory_available_bytes"] > 0
+    assert {"python", "torch", "torchvision", "mlcommons-loadgen"} <= set(facts["versions"])
 
 
 @pytest.mark.parametrize("name", [name for name, run in RUNS.items() if run[3]])
